@@ -1,5 +1,54 @@
 //! Cairn's replication core: the ring, preference lists, dotted version vectors, quorum and hint
 //! bookkeeping, as plain synchronous code with no I/O.
 //!
+//! This is the logic of Dynamo (DeCandia et al., SOSP 2007) with Riak's refinements (dotted
+//! version vector sets, epoch-qualified actors). Nothing here opens a socket, reads a clock or
+//! sleeps: the node feeds in what happened (replies, failures, timeouts, membership) and sends
+//! what these state machines choose, so every rule can be tested exhaustively and
+//! deterministically. The algorithm note with invariants is `docs/replication.md`.
+//!
 //! # Layout
-//! (filled in by the replication work)
+//! - [`id`]: `NodeId` (validated member name) and `Actor` (node id + data-dir epoch).
+//! - [`vclock`]: `Dot` and `VersionVector` (downward-closed, JSON-renderable).
+//! - [`dvv`]: `SiblingSet`, the DVV set stored per key: update, sync, join, lww, tombstones.
+//! - [`context`]: the causal context as an opaque, validated client token.
+//! - [`ring`]: partitions, `key_hash`, balanced assignment, (extended) preference lists.
+//! - [`quorum`]: sloppy-quorum target planning, `WriteCoordinator`, `ReadCoordinator`, read repair.
+//! - [`hints`]: `HintBook`, the index of hinted-handoff data held for other owners.
+//! - [`error`]: the crate's `Error` and `Result`.
+//!
+//! # How the node drives it
+//! 1. Key -> [`ring::key_hash`] -> [`Ring::partition_of`] -> [`Ring::extended_preference_list`].
+//! 2. Write: [`quorum::coordinator_for`] says who coordinates (forward if not us). The coordinator
+//!    builds a [`WriteCoordinator`], applies [`SiblingSet::update`] locally under the engine's
+//!    per-key lock (its own acknowledgement), sends the new set to the other targets (a fallback
+//!    merges it into its hint set and [`HintBook::record`]s it), feeds acks/failures/timeout, and
+//!    answers from [`Outcome`].
+//! 3. Read: a [`ReadCoordinator`] merges replies; [`ReadCoordinator::repairs`] lists replicas to
+//!    send the merged set to.
+//! 4. When an owner becomes reachable, [`HintBook::take_batch`] gives the hints to deliver; the
+//!    owner merges, and [`HintBook::acknowledge`] removes them.
+//!
+//! The concept essays live on the modules: RING and PREFERENCE LISTS in [`ring`], SLOPPY QUORUM
+//! and READ REPAIR in [`quorum`], HINTED HANDOFF in [`hints`], VERSION VECTORS in [`vclock`] and
+//! DVV SETS in [`dvv`].
+
+pub mod context;
+pub mod dvv;
+pub mod error;
+pub mod hints;
+pub mod id;
+pub mod quorum;
+pub mod ring;
+pub mod vclock;
+
+pub use context::Context;
+pub use dvv::{Body, Dotted, Meta, Sibling, SiblingSet};
+pub use error::{Error, Result};
+pub use hints::{Delivery, HintBook, HintEntry};
+pub use id::{Actor, NodeId};
+pub use quorum::{
+    Hint, Outcome, Plan, ReadCoordinator, ReadReport, Target, WriteCoordinator, WriteReport,
+};
+pub use ring::{Ring, key_hash};
+pub use vclock::{Dot, VersionVector};

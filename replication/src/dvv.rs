@@ -1,0 +1,447 @@
+//! Dotted version vector sets: the value stored for one key.
+//!
+//! DVV SETS
+//! ========
+//! After Almeida, Baquero, Gonçalves, Preguiça, Fonte, "Scalable and Accurate Causality Tracking
+//! for Eventually Consistent Stores" (DAIS 2014) and Riak's `dvvset` module. A [`SiblingSet`] is
+//! a causal history `vv` (a downward-closed [`VersionVector`]) plus the concurrent values still
+//! alive, each tagged with the [`Dot`] of the write that created it.
+//!
+//! - `update(context, value, actor)` is a write coordinated by `actor` whose client had read
+//!   `context`. It creates the dot `(actor, max(vv[actor], context[actor]) + 1)`, drops exactly the
+//!   siblings whose dot the context covers (the client saw them, so the new value supersedes
+//!   them), keeps everything else as a concurrent sibling, and merges `context` into `vv`.
+//!   A write with an empty context therefore never removes anything.
+//! - `sync(a, b)` merges two replicas' sets: a sibling survives if the other side also holds it or
+//!   has never seen its dot (`!other.vv.contains(dot)`); `vv` is the pointwise max. Because a
+//!   dot names one value forever, this is the join of a semilattice: commutative, associative and
+//!   idempotent, so replicas converge whatever order merges happen in (tested by proptest).
+//! - `join()` is `vv`: the causal context handed to clients (as a token, [`crate::context`]).
+//!
+//! Why dots and not plain per-node version vectors: with one vector per sibling, writes through
+//! one coordinator without a fresh context create "false concurrency" and siblings grow without
+//! bound (Riak issues riak_kv#1648, riak_cs#882). With DVV sets the number of siblings is bounded
+//! by the number of truly concurrent writers (each write removes what its context covered).
+//!
+//! INVARIANTS (checked on decode, kept by every operation)
+//! - every sibling's dot is contained in `vv` (`dot.counter <= vv[dot.actor]`);
+//! - dots are distinct and siblings are sorted by dot, so equal sets are equal values and have
+//!   equal encodings;
+//! - a replica applying a coordinator's new set (the "discard" step of the paper) is just `sync`:
+//!   it keeps its own siblings the incoming history has not seen and drops those it has.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::id::Actor;
+use crate::vclock::{Dot, VersionVector};
+
+/// Longest encoded sibling set [`SiblingSet::from_bytes`] accepts (64 MiB): a guard against a
+/// corrupt length making the decoder allocate without bound. Object size limits are enforced by
+/// the node well below this.
+pub const MAX_ENCODED_SET_LEN: usize = 64 << 20;
+
+/// A value tagged with the dot of the write that created it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dotted<V> {
+    /// The write event that created this sibling.
+    pub dot: Dot,
+    /// The stored value.
+    pub value: V,
+}
+
+/// What a file sibling stores: its metadata and either bytes or a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sibling {
+    /// Metadata shown in listings and conflict answers.
+    pub meta: Meta,
+    /// The content, or the marker of a delete.
+    pub body: Body,
+}
+
+/// Metadata of one file version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Content length in bytes (0 for a tombstone).
+    pub size: u64,
+    /// MIME type given at upload (`application/octet-stream` when unknown).
+    pub content_type: String,
+    /// Checksum of the content, rendered as the HTTP ETag.
+    pub etag: String,
+    /// Wall-clock time of the write at the coordinator, milliseconds since the Unix epoch.
+    /// Used only by `lww` resolution and for display, never for causality.
+    pub timestamp_ms: u64,
+    /// The original file name of a multipart upload, when there was one.
+    pub file_name: Option<String>,
+}
+
+/// The content of a sibling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// Inline file content.
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A delete: kept as a sibling so the delete replicates and wins over what it saw.
+    Tombstone,
+}
+
+impl Sibling {
+    /// True when this sibling records a delete.
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self.body, Body::Tombstone)
+    }
+}
+
+/// A dotted version vector set: causal history plus the live concurrent values.
+///
+/// See the module documentation for the algorithm and invariants. `V` is the stored value; the
+/// node uses the default [`Sibling`], tests use small integers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    try_from = "RawSet<V>",
+    into = "RawSet<V>",
+    bound(serialize = "V: Serialize + Clone", deserialize = "V: Deserialize<'de>")
+)]
+pub struct SiblingSet<V = Sibling> {
+    vv: VersionVector,
+    siblings: Vec<Dotted<V>>,
+}
+
+/// Unvalidated wire form of a [`SiblingSet`].
+#[derive(Serialize, Deserialize)]
+struct RawSet<V> {
+    vv: VersionVector,
+    siblings: Vec<Dotted<V>>,
+}
+
+impl<V> TryFrom<RawSet<V>> for SiblingSet<V> {
+    type Error = Error;
+    fn try_from(raw: RawSet<V>) -> Result<Self> {
+        for s in &raw.siblings {
+            if !raw.vv.contains(&s.dot) {
+                return Err(Error::CorruptSiblingSet(format!(
+                    "sibling dot {} is not covered by the set's history",
+                    s.dot
+                )));
+            }
+        }
+        if raw.siblings.windows(2).any(|w| w[0].dot >= w[1].dot) {
+            return Err(Error::CorruptSiblingSet("sibling dots not strictly sorted".into()));
+        }
+        Ok(SiblingSet { vv: raw.vv, siblings: raw.siblings })
+    }
+}
+
+impl<V> From<SiblingSet<V>> for RawSet<V> {
+    fn from(s: SiblingSet<V>) -> Self {
+        RawSet { vv: s.vv, siblings: s.siblings }
+    }
+}
+
+impl<V> Default for SiblingSet<V> {
+    fn default() -> Self {
+        SiblingSet { vv: VersionVector::new(), siblings: Vec::new() }
+    }
+}
+
+impl<V: Clone> SiblingSet<V> {
+    /// The empty set (a key never written).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The causal context of this set: the version vector to hand to a client.
+    pub fn join(&self) -> VersionVector {
+        self.vv.clone()
+    }
+
+    /// The causal history, borrowed.
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.vv
+    }
+
+    /// The live siblings, sorted by dot.
+    pub fn siblings(&self) -> &[Dotted<V>] {
+        &self.siblings
+    }
+
+    /// The live values, sorted by dot.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.siblings.iter().map(|s| &s.value)
+    }
+
+    /// Number of live siblings.
+    pub fn len(&self) -> usize {
+        self.siblings.len()
+    }
+
+    /// True when no sibling is live (a key never written; deletes are tombstone siblings).
+    pub fn is_empty(&self) -> bool {
+        self.siblings.is_empty()
+    }
+
+    /// The sibling with this dot, if live.
+    pub fn get(&self, dot: &Dot) -> Option<&V> {
+        self.siblings.binary_search_by(|s| s.dot.cmp(dot)).ok().map(|i| &self.siblings[i].value)
+    }
+
+    /// How many siblings `update(context, ..)` would leave, without changing anything.
+    pub fn count_after_update(&self, context: &VersionVector) -> usize {
+        self.siblings.iter().filter(|s| !context.contains(&s.dot)).count() + 1
+    }
+
+    /// A write of `value` coordinated by `actor`, whose client last read `context`.
+    ///
+    /// Removes the siblings `context` covers, adds `value` under a new dot and returns that dot.
+    /// The counter saturates at `u64::MAX` (unreachable in practice: one write per nanosecond for
+    /// 584 years).
+    pub fn update(&mut self, context: &VersionVector, value: V, actor: &Actor) -> Dot {
+        let counter = self.vv.get(actor).max(context.get(actor)).saturating_add(1);
+        let dot = Dot { actor: actor.clone(), counter };
+        self.siblings.retain(|s| !context.contains(&s.dot));
+        self.vv.merge(context);
+        self.vv.witness(actor, counter);
+        match self.siblings.binary_search_by(|s| s.dot.cmp(&dot)) {
+            Ok(i) => self.siblings[i].value = value,
+            Err(i) => self.siblings.insert(i, Dotted { dot: dot.clone(), value }),
+        }
+        dot
+    }
+
+    /// [`update`](Self::update), refused with [`Error::TooManySiblings`] (and nothing changed)
+    /// when the result would hold more than `limit` siblings.
+    pub fn update_limited(
+        &mut self,
+        context: &VersionVector,
+        value: V,
+        actor: &Actor,
+        limit: usize,
+    ) -> Result<Dot> {
+        let count = self.count_after_update(context);
+        if count > limit {
+            return Err(Error::TooManySiblings { count, limit });
+        }
+        Ok(self.update(context, value, actor))
+    }
+
+    /// Merges `other` into `self` (what a replica does with a set it receives from a coordinator,
+    /// a read repair or a hint delivery).
+    pub fn merge(&mut self, other: &SiblingSet<V>) {
+        let mut out = Vec::with_capacity(self.siblings.len() + other.siblings.len());
+        let (mut i, mut j) = (0, 0);
+        let (a, b) = (&self.siblings, &other.siblings);
+        while i < a.len() || j < b.len() {
+            let order = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) => x.dot.cmp(&y.dot),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            match order {
+                std::cmp::Ordering::Equal => {
+                    out.push(a[i].clone());
+                    i += 1;
+                    j += 1;
+                }
+                std::cmp::Ordering::Less => {
+                    if !other.vv.contains(&a[i].dot) {
+                        out.push(a[i].clone());
+                    }
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    if !self.vv.contains(&b[j].dot) {
+                        out.push(b[j].clone());
+                    }
+                    j += 1;
+                }
+            }
+        }
+        self.siblings = out;
+        self.vv.merge(&other.vv);
+    }
+
+    /// The merge of two replicas' sets (commutative, associative, idempotent).
+    pub fn sync(a: &SiblingSet<V>, b: &SiblingSet<V>) -> SiblingSet<V> {
+        let mut out = a.clone();
+        out.merge(b);
+        out
+    }
+
+    /// True when `self` already contains everything `other` would add: `sync(self, other) ==
+    /// self`. A replica for which this is false needs read repair.
+    pub fn covers(&self, other: &SiblingSet<V>) -> bool
+    where
+        V: PartialEq,
+    {
+        if !self.vv.descends(&other.vv) {
+            return false;
+        }
+        // vv unchanged by the merge; every sibling of `self` survives (other holds it too, or has
+        // never seen its dot). Nothing of `other` can be added: its dots are all in other.vv,
+        // hence in self.vv.
+        self.siblings.iter().all(|s| {
+            !other.vv.contains(&s.dot)
+                || other.siblings.binary_search_by(|o| o.dot.cmp(&s.dot)).is_ok()
+        })
+    }
+}
+
+impl<V: Clone + Serialize + for<'de> Deserialize<'de>> SiblingSet<V> {
+    /// Encodes the set for the engine or the wire (rmp-serde, field names kept so the format can
+    /// grow).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        rmp_serde::to_vec_named(self).map_err(|e| Error::Encode(e.to_string()))
+    }
+
+    /// Decodes bytes from the engine or a peer, checking the invariants. Never panics.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_ENCODED_SET_LEN {
+            return Err(Error::CorruptSiblingSet(format!(
+                "{} bytes is over the limit",
+                bytes.len()
+            )));
+        }
+        rmp_serde::from_slice(bytes).map_err(|e| Error::CorruptSiblingSet(e.to_string()))
+    }
+}
+
+impl SiblingSet<Sibling> {
+    /// True when the set has siblings and all are tombstones (a read answers 404 but still returns
+    /// the context, so a later write can supersede the deletes).
+    pub fn is_all_tombstones(&self) -> bool {
+        !self.siblings.is_empty() && self.siblings.iter().all(|s| s.value.is_tombstone())
+    }
+
+    /// True when a read should answer "not found": no siblings, or only tombstones.
+    pub fn is_deleted(&self) -> bool {
+        self.siblings.iter().all(|s| s.value.is_tombstone())
+    }
+
+    /// Last-writer-wins resolution: the sibling with the greatest `timestamp_ms`, ties broken by
+    /// the greater dot (actor, then counter). Deterministic on every replica; lossy under
+    /// concurrency by design (the `lww` bucket policy).
+    pub fn lww(&self) -> Option<&Dotted<Sibling>> {
+        self.siblings.iter().max_by(|a, b| {
+            (a.value.meta.timestamp_ms, &a.dot).cmp(&(b.value.meta.timestamp_ms, &b.dot))
+        })
+    }
+
+    /// Collapses the set to its [`lww`](Self::lww) winner, keeping the history. An `lww` bucket
+    /// applies this after every update and merge.
+    pub fn resolve_lww(&mut self) {
+        if let Some(winner) = self.lww().cloned() {
+            self.siblings = vec![winner];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::NodeId;
+
+    fn actor(n: &str) -> Actor {
+        Actor::new(NodeId::new(n).unwrap(), 1)
+    }
+
+    fn file(ts: u64, body: &[u8]) -> Sibling {
+        Sibling {
+            meta: Meta { size: body.len() as u64, timestamp_ms: ts, ..Meta::default() },
+            body: Body::Bytes(body.to_vec()),
+        }
+    }
+
+    #[test]
+    fn context_decides_what_a_write_replaces() {
+        let (a, b) = (actor("a"), actor("b"));
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), 1, &a);
+        let ctx1 = s.join();
+        // Two clients write without seeing each other: both kept.
+        s.update(&VersionVector::new(), 2, &b);
+        assert_eq!(s.values().copied().collect::<Vec<_>>(), vec![1, 2]);
+        // A write with the first context replaces only value 1.
+        s.update(&ctx1, 3, &a);
+        let mut vals: Vec<i32> = s.values().copied().collect();
+        vals.sort();
+        assert_eq!(vals, vec![2, 3]);
+        // A write with the full context leaves one value.
+        let all = s.join();
+        s.update(&all, 4, &b);
+        assert_eq!(s.values().copied().collect::<Vec<_>>(), vec![4]);
+    }
+
+    #[test]
+    fn replica_keeps_its_own_unseen_sibling_on_sync() {
+        let (a, b) = (actor("a"), actor("b"));
+        let mut base = SiblingSet::new();
+        base.update(&VersionVector::new(), 1, &a);
+        let mut r1 = base.clone();
+        let mut r2 = base.clone();
+        r1.update(&base.join(), 2, &a); // supersedes 1
+        r2.update(&VersionVector::new(), 3, &b); // concurrent with everything
+        let m = SiblingSet::sync(&r1, &r2);
+        assert_eq!(m.values().copied().collect::<Vec<_>>(), vec![2, 3]);
+        assert!(m.covers(&r1) && m.covers(&r2));
+        assert!(!r1.covers(&m));
+    }
+
+    #[test]
+    fn lww_picks_timestamp_then_dot() {
+        let (a, b) = (actor("a"), actor("b"));
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), file(10, b"x"), &b);
+        s.update(&VersionVector::new(), file(10, b"y"), &a);
+        s.update(&VersionVector::new(), file(5, b"z"), &b);
+        // Timestamps tie at 10: the greater dot (actor b > a) wins.
+        assert_eq!(s.lww().unwrap().value.body, Body::Bytes(b"x".to_vec()));
+        s.resolve_lww();
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn tombstones() {
+        let a = actor("a");
+        let mut s: SiblingSet<Sibling> = SiblingSet::new();
+        assert!(!s.is_all_tombstones() && s.is_deleted());
+        s.update(&VersionVector::new(), file(1, b"x"), &a);
+        assert!(!s.is_deleted());
+        let tomb = Sibling { meta: Meta::default(), body: Body::Tombstone };
+        s.update(&s.join(), tomb, &a);
+        assert!(s.is_all_tombstones() && s.is_deleted());
+    }
+
+    #[test]
+    fn sibling_limit_refuses_without_changing() {
+        let a = actor("a");
+        let mut s = SiblingSet::new();
+        for v in 0..3 {
+            s.update_limited(&VersionVector::new(), v, &a, 3).unwrap();
+        }
+        let before = s.clone();
+        let err = s.update_limited(&VersionVector::new(), 9, &a, 3).unwrap_err();
+        assert_eq!(err, Error::TooManySiblings { count: 4, limit: 3 });
+        assert_eq!(s, before);
+        // A resolving write is still accepted.
+        s.update_limited(&s.join(), 9, &a, 3).unwrap();
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn decode_checks_invariants() {
+        let a = actor("a");
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), file(1, b"hello"), &a);
+        let bytes = s.to_bytes().unwrap();
+        assert_eq!(SiblingSet::<Sibling>::from_bytes(&bytes).unwrap(), s);
+        // A sibling whose dot is outside the history is rejected.
+        let raw = RawSet { vv: VersionVector::new(), siblings: s.siblings().to_vec() };
+        let bad = rmp_serde::to_vec_named(&raw).unwrap();
+        assert!(matches!(
+            SiblingSet::<Sibling>::from_bytes(&bad),
+            Err(Error::CorruptSiblingSet(_))
+        ));
+        for cut in 0..bytes.len() {
+            assert!(SiblingSet::<Sibling>::from_bytes(&bytes[..cut]).is_err());
+        }
+    }
+}
