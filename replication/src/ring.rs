@@ -15,16 +15,20 @@
 //! deduplicated first). For each (partition, node) pair a rendezvous score
 //! (Thaler & Ravishankar's highest-random-weight hashing) ranks the nodes per partition. Without
 //! capacities, taking the top N per partition would move only the replicas the changed node
-//! gains or loses, but the counts per node would be binomially unbalanced. So each replica
-//! position k = 0..N (0 = primary) is filled by a capacity-constrained greedy pass over all pairs
-//! in descending score order: a pair is taken when the partition still lacks position k, the node
-//! is not already in its list, and the node is under its cap for position k. Caps per position
-//! are floor(Q/m) or ceil(Q/m); the `Q mod m` ceil slots rotate over the (sorted) nodes from one
-//! position to the next in consecutive blocks, so each node's total over all positions is also
-//! floor or ceil of Q·N/m. If the greedy pass strands a partition (every node with spare capacity
-//! already holds it), an augmenting-path search moves one assignment along a chain of nodes to make
-//! room, as in bipartite b-matching; the caps sum to Q, so such a chain exists in practice (the
-//! ring tests cover 3..64 nodes and Q up to 1024).
+//! gains or loses, but the counts per node would be binomially unbalanced. So the assignment is
+//! two capacity-constrained greedy passes over all (partition, node) pairs in descending score
+//! order:
+//! 1. replica sets: a pair is taken while the partition has fewer than N nodes, the node is not
+//!    already in it and the node is under its cap, floor(Q·N/m), of which `Q·N mod m` nodes may
+//!    exceed by one (whichever reach it first in score order, so a membership change does not
+//!    reshuffle which nodes are "big");
+//! 2. primaries: among each partition's set, the same greedy with caps floor/ceil of Q/m.
+//!
+//! The list is the primary, then the rest of the set by descending score. If a greedy pass strands
+//! a partition (every node with room already holds it), an augmenting-path search moves one
+//! assignment along a chain of nodes to make room, as in bipartite b-matching; the caps sum to
+//! the demand, so such a chain exists in practice (the ring tests cover 3..64 nodes and Q up to
+//! 1024). Only pass 1 decides data movement; pass 2 only reorders within a set.
 //!
 //! Invariants (tested):
 //! - every preference list has min(N, members) distinct nodes;
@@ -241,8 +245,36 @@ impl Ring {
     }
 }
 
+/// Per-node capacity for one pass: every node may take `floor`, and at most `extra` of them may
+/// take one more (`floor + 1`); the caps then sum exactly to the demand. Which nodes get the extra
+/// slot is decided by the greedy order itself (the nodes the scores favour), not by node index, so
+/// that a membership change does not reshuffle the extra slots.
+struct Caps {
+    floor: usize,
+    extra: usize,
+    used_extra: usize,
+    count: Vec<usize>,
+}
+
+impl Caps {
+    fn new(demand: usize, m: usize) -> Caps {
+        Caps { floor: demand / m, extra: demand % m, used_extra: 0, count: vec![0; m] }
+    }
+
+    fn has_room(&self, i: usize) -> bool {
+        self.count[i] < self.floor || (self.count[i] == self.floor && self.used_extra < self.extra)
+    }
+
+    fn take(&mut self, i: usize) {
+        if self.count[i] == self.floor {
+            self.used_extra += 1;
+        }
+        self.count[i] += 1;
+    }
+}
+
 /// The assignment described in the module documentation. `members` is sorted and deduplicated,
-/// `1 <= n <= members.len()`.
+/// `1 <= n <= members.len()`. Returns, per partition, member indexes in position order.
 fn assign(members: &[NodeId], q: u32, n: usize) -> Vec<Vec<u16>> {
     let m = members.len();
     let qn = q as usize;
@@ -256,98 +288,128 @@ fn assign(members: &[NodeId], q: u32, n: usize) -> Vec<Vec<u16>> {
     }
     pairs.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
 
-    let base = qn / m;
-    let extra = qn % m;
-    let mut prefs: Vec<Vec<u16>> = vec![Vec::with_capacity(n); qn];
-    for k in 0..n {
-        // Ceil slots for position k: a block of `extra` consecutive node indexes, continuing where
-        // the previous position's block ended, so totals over positions stay within one.
-        let mut cap = vec![base; m];
-        for j in 0..extra {
-            cap[(k * extra + j) % m] += 1;
+    // Pass 1: the replica *set* of each partition (N distinct nodes), node totals balanced.
+    let mut sets: Vec<Vec<u16>> = vec![Vec::with_capacity(n); qn];
+    let mut caps = Caps::new(qn * n, m);
+    for &(_, p, i) in &pairs {
+        let (pu, iu) = (p as usize, usize::from(i));
+        if sets[pu].len() < n && !sets[pu].contains(&i) && caps.has_room(iu) {
+            sets[pu].push(i);
+            caps.take(iu);
         }
-        let mut count = vec![0usize; m];
-        // holder[p] = node at position k of p, if assigned.
-        let mut holder: Vec<Option<u16>> = vec![None; qn];
-        for &(_, p, i) in &pairs {
-            let (pu, iu) = (p as usize, usize::from(i));
-            if holder[pu].is_none() && count[iu] < cap[iu] && !prefs[pu].contains(&i) {
-                holder[pu] = Some(i);
-                count[iu] += 1;
-            }
-        }
-        for p in 0..qn {
-            if holder[p].is_none() {
-                augment(p, &prefs, &mut holder, &mut count, &cap, &pairs_for(members, p as u32));
-            }
-        }
-        for p in 0..qn {
-            if let Some(i) = holder[p] {
-                prefs[p].push(i);
+    }
+    for p in 0..qn {
+        while sets[p].len() < n {
+            let before = sets[p].len();
+            let order = order_for(members, p as u32);
+            let eligible = |sets: &[Vec<u16>], part: usize, i: u16| !sets[part].contains(&i);
+            augment(p, &order, &mut sets, &mut caps, &eligible);
+            if sets[p].len() == before {
+                // augment places p whenever an eligible node exists, and n <= m guarantees one;
+                // stop rather than loop if that ever failed.
+                break;
             }
         }
     }
-    prefs
+
+    // Pass 2: one primary per partition among its set, primary counts balanced.
+    let mut prim: Vec<Vec<u16>> = vec![Vec::with_capacity(1); qn];
+    let mut pcaps = Caps::new(qn, m);
+    for &(_, p, i) in &pairs {
+        let (pu, iu) = (p as usize, usize::from(i));
+        if prim[pu].is_empty() && sets[pu].contains(&i) && pcaps.has_room(iu) {
+            prim[pu].push(i);
+            pcaps.take(iu);
+        }
+    }
+    for p in 0..qn {
+        if prim[p].is_empty() {
+            let order = order_for(members, p as u32);
+            let eligible = |prim: &[Vec<u16>], part: usize, i: u16| {
+                prim[part].is_empty() || prim[part][0] != i
+            };
+            // Eligibility for the primary also requires membership of the set.
+            let in_set = |prim: &[Vec<u16>], part: usize, i: u16| {
+                sets[part].contains(&i) && eligible(prim, part, i)
+            };
+            augment(p, &order, &mut prim, &mut pcaps, &in_set);
+        }
+    }
+
+    // Final lists: primary first, then the rest of the set by descending score.
+    (0..qn)
+        .map(|p| {
+            let order = order_for(members, p as u32);
+            let primary = prim[p].first().copied().unwrap_or(sets[p][0]);
+            let mut list = vec![primary];
+            list.extend(order.iter().copied().filter(|i| *i != primary && sets[p].contains(i)));
+            list
+        })
+        .collect()
 }
 
-/// Node indexes in descending score order for partition `p`.
-fn pairs_for(members: &[NodeId], p: u32) -> Vec<u16> {
+/// Member indexes in descending score order for partition `p`.
+fn order_for(members: &[NodeId], p: u32) -> Vec<u16> {
     let mut v: Vec<(u64, u16)> =
         members.iter().enumerate().map(|(i, id)| (score(p, id), i as u16)).collect();
     v.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     v.into_iter().map(|(_, i)| i).collect()
 }
 
-/// Places stranded partition `p` at the current position by an augmenting path: p goes to an
-/// eligible full node x1, which hands one of its partitions p1 to an eligible node x2, and so on
-/// until a node with spare capacity is reached (breadth-first, so the shortest chain). If no chain
-/// exists, p goes to its best eligible node over capacity (balance is then off by one for that
-/// node; never observed in the tested range).
+/// `eligible(slots, partition, node)`: may `node` take a slot of `partition` in this pass?
+type Eligible<'a> = dyn Fn(&[Vec<u16>], usize, u16) -> bool + 'a;
+
+/// Gives stranded partition `p` one more node in `slots[p]` by an augmenting path: p takes an
+/// eligible node x1 that has no room, x1 gives up one of its partitions p1 to an eligible node x2,
+/// and so on until a node with room is reached (breadth-first, so the shortest chain), as in
+/// bipartite b-matching. If no chain exists, p takes its best eligible node over capacity (balance
+/// is then off for that node; never observed in the tested range).
 fn augment(
     p: usize,
-    prefs: &[Vec<u16>],
-    holder: &mut [Option<u16>],
-    count: &mut [usize],
-    cap: &[usize],
     order_for_p: &[u16],
+    slots: &mut [Vec<u16>],
+    caps: &mut Caps,
+    eligible: &Eligible<'_>,
 ) {
-    let m = count.len();
-    let eligible = |part: usize, i: u16| !prefs[part].contains(&i);
-    // parent[x] = (previous node, partition x takes from it); None for the chain's first node.
+    let m = caps.count.len();
+    // parent[x] = (previous node, partition x takes over from it); None for the chain's first node.
     let mut parent: Vec<Option<(u16, usize)>> = vec![None; m];
     let mut seen = vec![false; m];
     let mut queue = VecDeque::new();
     for &i in order_for_p {
-        if eligible(p, i) {
+        if eligible(slots, p, i) {
             seen[usize::from(i)] = true;
             queue.push_back(i);
         }
     }
     while let Some(x) = queue.pop_front() {
         let xu = usize::from(x);
-        if count[xu] < cap[xu] {
+        if caps.has_room(xu) {
             // Walk back: each node takes the partition its predecessor gives up.
+            caps.take(xu);
             let mut cur = x;
-            count[xu] += 1;
             loop {
                 match parent[usize::from(cur)] {
                     Some((prev, part)) => {
-                        holder[part] = Some(cur);
+                        for s in slots[part].iter_mut() {
+                            if *s == prev {
+                                *s = cur;
+                            }
+                        }
                         cur = prev;
                     }
                     None => {
-                        holder[p] = Some(cur);
+                        slots[p].push(cur);
                         return;
                     }
                 }
             }
         }
-        let held: Vec<usize> =
-            holder.iter().enumerate().filter(|(_, h)| **h == Some(x)).map(|(i, _)| i).collect();
+        let held: Vec<usize> = (0..slots.len()).filter(|&part| slots[part].contains(&x)).collect();
         for part in held {
             for y in 0..m {
                 let yi = y as u16;
-                if !seen[y] && eligible(part, yi) {
+                if !seen[y] && eligible(slots, part, yi) {
                     seen[y] = true;
                     parent[y] = Some((x, part));
                     queue.push_back(yi);
@@ -355,9 +417,9 @@ fn augment(
             }
         }
     }
-    if let Some(&best) = order_for_p.iter().find(|&&i| eligible(p, i)) {
-        holder[p] = Some(best);
-        count[usize::from(best)] += 1;
+    if let Some(&best) = order_for_p.iter().find(|&&i| eligible(slots, p, i)) {
+        slots[p].push(best);
+        caps.take(usize::from(best));
     }
 }
 
