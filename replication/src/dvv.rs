@@ -386,6 +386,23 @@ mod tests {
     }
 
     #[test]
+    fn a_coordinator_that_lost_its_set_never_reuses_a_dot() {
+        // Replica r2 holds a's write (a,1..=3). a lost the key (same epoch, e.g. a restored
+        // backup) and coordinates a write whose client read r2: the new dot must be above 3, or
+        // r2 would treat the new write as already seen and drop it (Riak KV679).
+        let a = actor("a");
+        let mut r2 = SiblingSet::new();
+        for v in 0..3 {
+            r2.update(&r2.join(), v, &a);
+        }
+        let mut a_local = SiblingSet::new();
+        let dot = a_local.update(&r2.join(), 42, &a);
+        assert_eq!(dot.counter, 4);
+        r2.merge(&a_local);
+        assert_eq!(r2.values().copied().collect::<Vec<_>>(), vec![42]);
+    }
+
+    #[test]
     fn lww_picks_timestamp_then_dot() {
         let (a, b) = (actor("a"), actor("b"));
         let mut s = SiblingSet::new();
