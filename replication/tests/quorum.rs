@@ -27,7 +27,9 @@ fn hint(owner: &str, holder: &str) -> Hint {
 }
 
 /// (unreachable nodes, expected targets, expected hints as (holder, owner)).
-fn scenarios() -> Vec<(Vec<&'static str>, Vec<&'static str>, Vec<(&'static str, &'static str)>)> {
+type Scenario = (Vec<&'static str>, Vec<&'static str>, Vec<(&'static str, &'static str)>);
+
+fn scenarios() -> Vec<Scenario> {
     vec![
         (vec![], vec!["n1", "n2", "n3"], vec![]),
         (vec!["n1"], vec!["n2", "n3", "n4"], vec![("n4", "n1")]),
