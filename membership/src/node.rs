@@ -77,6 +77,11 @@ pub const REDIAL_MAX: Duration = Duration::from_secs(4);
 pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Bound on TCP connect plus the pnet/noise/yamux upgrade of one connection.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Extra time libp2p's request-response timer gets beyond the configured request timeout, so
+/// the requester's own timer (exactly `request_timeout`) fires first and reports a timeout,
+/// while the receiver (whose inbound streams share libp2p's timer) does not cut the stream
+/// just before the requester gives up.
+pub const RPC_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 /// Capacity of the command channel from handles to the task (requests wait when it is full).
 pub const COMMAND_QUEUE_CAPACITY: usize = 1024;
 /// Capacity of the member-event broadcast; a receiver more than this many events behind gets
@@ -94,6 +99,9 @@ struct WireHeartbeat {
     http_addr: String,
     version: String,
     addresses: Vec<String>,
+    /// Out-of-rhythm heartbeat (see [`Heartbeat::extra`]).
+    #[serde(default)]
+    extra: bool,
 }
 
 #[derive(NetworkBehaviour)]
@@ -176,7 +184,8 @@ impl Membership {
                 let rpc = request_response::Behaviour::with_codec(
                     RpcCodec::new(max_message_size),
                     [(PROTOCOL, request_response::ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(request_timeout),
+                    request_response::Config::default()
+                        .with_request_timeout(request_timeout + RPC_TIMEOUT_GRACE),
                 );
                 let mdns = if mdns_on {
                     Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local_peer)?)
@@ -423,9 +432,10 @@ impl MembershipHandle {
             .send(Command::Request { to: to.to_owned(), payload, reply: tx })
             .await
             .map_err(|_| Error::Shutdown)?;
-        // libp2p enforces the timeout on the exchange; this outer bound also covers a dial that
-        // hangs (e.g. packets silently dropped), with a little slack so the inner one wins.
-        match tokio::time::timeout(timeout + Duration::from_millis(500), rx).await {
+        // The requester's clock is the one that counts: libp2p's own timer runs
+        // RPC_TIMEOUT_GRACE longer (it also bounds how long the receiver keeps the stream), so
+        // a slow peer is reported as a timeout here, not as a stream cut by its own timer.
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Shutdown),
             Err(_) => {
@@ -528,7 +538,7 @@ impl Task {
                     Some(cmd) => self.on_command(cmd),
                 },
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
-                _ = heartbeat.tick() => self.publish_heartbeat(),
+                _ = heartbeat.tick() => self.publish_heartbeat(false),
                 _ = detector.tick() => self.on_detector_tick(),
                 _ = redial.tick() => self.redial(),
                 Some((channel, response)) = self.pending_replies.next(),
@@ -568,7 +578,7 @@ impl Task {
         self.publish_view();
     }
 
-    fn publish_heartbeat(&mut self) {
+    fn publish_heartbeat(&mut self, extra: bool) {
         let hb = WireHeartbeat {
             node_id: self.config.node_id.clone(),
             incarnation: self.incarnation,
@@ -576,6 +586,7 @@ impl Task {
             http_addr: self.config.http_addr.clone(),
             version: self.config.version.clone(),
             addresses: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            extra,
         };
         self.seq += 1;
         let bytes = match rmp_serde::to_vec(&hb) {
@@ -680,7 +691,8 @@ impl Task {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                log_connection_error("outgoing", &format!("{peer_id:?}"), &error);
+                let peer = peer_id.map_or_else(|| "unknown peer".to_owned(), |p| p.to_string());
+                log_connection_error("outgoing", &peer, &error);
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 log_connection_error("incoming", &send_back_addr.to_string(), &error);
@@ -727,6 +739,7 @@ impl Task {
                     node_id: hb.node_id,
                     incarnation: hb.incarnation,
                     seq: hb.seq,
+                    extra: hb.extra,
                     announced: Announcement {
                         peer_id: peer,
                         addresses: hb.addresses,
@@ -742,7 +755,7 @@ impl Task {
             gossipsub::Event::Subscribed { peer_id, topic } if topic == self.topic.hash() => {
                 tracing::debug!(peer = %peer_id, "peer subscribed to heartbeats");
                 // Announce ourselves at once rather than up to one interval later.
-                self.publish_heartbeat();
+                self.publish_heartbeat(true);
             }
             _ => {}
         }
@@ -766,6 +779,10 @@ impl Task {
             Event::OutboundFailure { request_id, error, peer, .. } => {
                 let Some((node, tx)) = self.pending_out.remove(&request_id) else { return };
                 tracing::debug!(%node, %peer, %error, "request failed");
+                if tx.is_closed() {
+                    // The requester already timed out and reported the failure itself.
+                    return;
+                }
                 let err = match error {
                     OutboundFailure::Timeout => Error::Timeout { node: node.clone() },
                     other => Error::Unreachable { node: node.clone(), reason: other.to_string() },

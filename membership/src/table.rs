@@ -172,6 +172,10 @@ pub struct Heartbeat {
     pub seq: u64,
     /// Sender's self-description.
     pub announced: Announcement,
+    /// An out-of-rhythm heartbeat (sent when a peer subscribes, to be seen at once). It proves
+    /// liveness and can bring a member Up, but is not an inter-arrival sample for a member
+    /// already Up: it would distort the detector's estimate of the regular rhythm.
+    pub extra: bool,
 }
 
 /// Status of every remote member, plus the local node's own announcement.
@@ -242,6 +246,9 @@ impl MemberTable {
         m.seq = hb.seq;
         m.announced = hb.announced;
         m.heartbeats += 1;
+        if hb.extra && m.status == MemberStatus::Up && m.detector.last_heartbeat().is_some() {
+            return None;
+        }
         m.detector.heartbeat(now);
         if m.status != MemberStatus::Up {
             m.status = MemberStatus::Up;
@@ -360,6 +367,7 @@ mod tests {
             incarnation,
             seq,
             announced: Announcement { peer_id: format!("peer-{node}"), ..Default::default() },
+            extra: false,
         }
     }
 
@@ -454,6 +462,21 @@ mod tests {
         assert_eq!(t.request_failed("n9", now), None, "unknown node ignored");
         assert_eq!(t.status("n2"), Some(MemberStatus::Suspect));
         assert_eq!(t.heartbeat(hb("n2", 1, 1), now + SECOND), Some(MemberEvent::Up("n2".into())));
+    }
+
+    #[test]
+    fn extra_heartbeats_do_not_distort_the_rhythm() {
+        let mut t = table();
+        let (_, last) = run(&mut t, Instant::now(), 1, 30);
+        let before = t.view(last + SECOND).members["n2"].phi;
+        // An out-of-rhythm beat 10 ms after a regular one changes nothing for an Up member...
+        let extra = Heartbeat { extra: true, ..hb("n2", 1, 1000) };
+        assert!(t.heartbeat(extra.clone(), last + 10 * MS).is_none());
+        assert_eq!(t.view(last + SECOND).members["n2"].phi, before);
+        // ...but brings a suspect member back at once.
+        t.request_failed("n2", last + 20 * MS);
+        let extra = Heartbeat { seq: 1001, ..extra };
+        assert_eq!(t.heartbeat(extra, last + 30 * MS), Some(MemberEvent::Up("n2".into())));
     }
 
     #[test]
