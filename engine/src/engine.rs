@@ -233,8 +233,6 @@ pub(crate) struct Writer {
     pub cap: u64,
     /// Bytes appended since open, over all segments: the group-commit sequence number.
     pub lsn: u64,
-    /// Hint entries of the active segment, written out when it is sealed.
-    pub hints: Vec<HintEntry>,
 }
 
 /// Group-commit state, behind `Inner::sync_state`.
@@ -568,6 +566,25 @@ fn prefix_range<'a>(
         .filter(|(_, l)| !l.is_tombstone())
 }
 
+/// Hint entries of a segment this process wrote, by walking its record headers (no CRC pass: the
+/// bytes were just written by us and are still in the page cache; every record will still be
+/// CRC-checked when read).
+fn hint_entries(bytes: &[u8]) -> Vec<HintEntry> {
+    let mut entries = Vec::new();
+    let mut off = 0usize;
+    while let Some((kind, ks, key, len)) = record::peek(&bytes[off..]) {
+        entries.push(HintEntry {
+            keyspace: ks.tag(),
+            kind: kind.tag(),
+            offset: off as u64,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            key: key.to_vec(),
+        });
+        off += len;
+    }
+    entries
+}
+
 /// Decodes the record at `loc` in a segment mapping, checks CRC and key, returns the value window.
 pub(crate) fn read_value(bytes: &Bytes, seg_id: u64, loc: Loc, key: &[u8]) -> Result<Value> {
     let start = loc.off as usize;
@@ -657,13 +674,6 @@ impl Inner {
             u32::try_from(off).map_err(|_| Error::corrupt("segment", "offset over 4 GiB"))?;
         let len32 = u32::try_from(rec_len).map_err(|_| Error::corrupt("record", "over 2 GiB"))?;
         let loc = Loc::new(w.handle, off32, len32, kind == RecordKind::Tombstone);
-        w.hints.push(HintEntry {
-            keyspace: ks.tag(),
-            kind: kind.tag(),
-            offset: off,
-            len: len32,
-            key: key.to_vec(),
-        });
         let replaced = self.keydirs[ks.index()].write().insert(key, loc);
         self.counters.live_bytes.fetch_add(rec_len, Ordering::Relaxed);
         self.counters.live_bytes.fetch_sub(replaced, Ordering::Relaxed);
@@ -688,7 +698,8 @@ impl Inner {
         }
         let sealed_bytes =
             mmap::map(&w.file, w.len).ctx(|| format!("mapping segment {:010}", w.id))?;
-        match hint::encode_hint(w.len, &w.hints) {
+        let entries = hint_entries(&sealed_bytes);
+        match hint::encode_hint(w.len, &entries) {
             Some(h) => {
                 if let Err(e) = hint::write_atomic(&hint_path(&self.dir, w.id), &h, None) {
                     tracing::warn!(error = %e, segment = w.id, "could not write hint file; the segment will be scanned at open");
@@ -717,7 +728,6 @@ impl Inner {
         }
         let handle = segs.add(Seg { id: new_id, bytes, len: 0, sealed: false });
         drop(segs);
-        w.hints.clear();
         w.file = Arc::new(file);
         w.id = new_id;
         w.handle = handle;

@@ -318,6 +318,23 @@ pub fn decode(buf: &[u8]) -> std::result::Result<RecordRef<'_>, DecodeError> {
     })
 }
 
+/// Reads a record's header fields and key at `buf[0]` *without* checking the CRC: for walking a
+/// segment this process wrote itself (hint files at roll-over). `None` if the header is implausible or
+/// the record extends past `buf`.
+pub(crate) fn peek(buf: &[u8]) -> Option<(RecordKind, Keyspace, &[u8], usize)> {
+    if buf.len() < HEADER_LEN || !header_plausible(&buf[..HEADER_LEN]) {
+        return None;
+    }
+    let kind = RecordKind::from_tag(buf[KIND_AT])?;
+    let ks = Keyspace::from_tag(buf[KEYSPACE_AT])?;
+    let key_len = usize::from(u16_at(buf, KEY_LEN_AT));
+    let total = HEADER_LEN as u64 + key_len as u64 + u64::from(u32_at(buf, BODY_LEN_AT));
+    if total > buf.len() as u64 {
+        return None;
+    }
+    Some((kind, ks, &buf[HEADER_LEN..HEADER_LEN + key_len], total as usize))
+}
+
 /// Where the value starts inside a put body (a MessagePack bin that spans the whole body), or `None`.
 fn body_value_start(body: &[u8]) -> Option<usize> {
     let v: &serde_bytes::Bytes = rmp_serde::from_slice(body).ok()?;

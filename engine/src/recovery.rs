@@ -215,15 +215,7 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Inner> {
         tracing::warn!(regions = corrupt, "opened with corrupt records skipped");
     }
     let [k0, k1, k2] = keydirs;
-    let writer = Writer {
-        file: Arc::new(file),
-        id: active_id,
-        handle,
-        len,
-        cap,
-        lsn: 0,
-        hints: scan.entries,
-    };
+    let writer = Writer { file: Arc::new(file), id: active_id, handle, len, cap, lsn: 0 };
     Ok(Inner {
         dir: dir.to_path_buf(),
         opts,
