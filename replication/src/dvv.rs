@@ -184,6 +184,23 @@ impl<V: Clone> SiblingSet<V> {
         self.siblings.binary_search_by(|s| s.dot.cmp(dot)).ok().map(|i| &self.siblings[i].value)
     }
 
+    /// Keeps only the sibling with the greatest `rank` (the last one among equals, in dot order),
+    /// keeping the history: the building block of server-side resolution such as
+    /// [`resolve_lww`](SiblingSet::resolve_lww). Lossy by design: the other siblings are dropped
+    /// although no client saw them.
+    pub fn resolve_by<K: Ord>(&mut self, rank: impl Fn(&Dotted<V>) -> K) {
+        let best = self
+            .siblings
+            .iter()
+            .enumerate()
+            .max_by(|(_, a), (_, b)| rank(a).cmp(&rank(b)))
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            let winner = self.siblings.swap_remove(i);
+            self.siblings = vec![winner];
+        }
+    }
+
     /// How many siblings `update(context, ..)` would leave, without changing anything.
     pub fn count_after_update(&self, context: &VersionVector) -> usize {
         self.siblings.iter().filter(|s| !context.contains(&s.dot)).count() + 1
@@ -328,9 +345,7 @@ impl SiblingSet<Sibling> {
     /// Collapses the set to its [`lww`](Self::lww) winner, keeping the history. An `lww` bucket
     /// applies this after every update and merge.
     pub fn resolve_lww(&mut self) {
-        if let Some(winner) = self.lww().cloned() {
-            self.siblings = vec![winner];
-        }
+        self.resolve_by(|s| (s.value.meta.timestamp_ms, s.dot.clone()));
     }
 }
 
