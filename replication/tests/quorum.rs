@@ -217,6 +217,7 @@ fn every_write_reply_combination() {
             }
         }
     }
+    println!("write runs: {runs}");
     assert!(runs > 1000, "only {runs} runs");
 }
 
@@ -349,6 +350,7 @@ fn every_read_reply_combination() {
             }
         }
     }
+    println!("read runs: {runs}");
     assert!(runs > 10_000, "only {runs} runs");
 }
 
