@@ -22,10 +22,13 @@ use crate::{compaction, mmap};
 /// Number of per-key lock stripes for `update`: enough that unrelated keys rarely share a stripe on a
 /// machine with tens of cores, small enough (256 x 1 byte + padding) to not matter for memory.
 pub const LOCK_STRIPES: usize = 256;
-/// Estimated keydir cost per entry besides the key's own heap block: a `BTreeMap` leaf holds up to 11
-/// (16-byte boxed key, 12-byte location) pairs in a 320-byte node and is 55-70% full, plus internal
-/// nodes. Calibrated by `tests/keydir_memory.rs` with a counting allocator.
-pub const KEYDIR_ENTRY_ESTIMATE: u64 = 48;
+/// Estimated keydir cost of an entry inserted one by one, besides the key's own heap block: a
+/// `BTreeMap` leaf holds up to 11 (16-byte boxed key, 12-byte location) pairs in a 320-byte node, and
+/// one-by-one inserts leave leaves 55-70% full, plus internal nodes. Measured with a counting
+/// allocator (see docs/decisions/engine.md): 52-57 bytes for sequential or clustered keys.
+pub const KEYDIR_ENTRY_ESTIMATE: u64 = 56;
+/// Estimated cost of an entry from the bulk build at open (nodes packed full): measured 27-30 bytes.
+pub const KEYDIR_BULK_ENTRY_ESTIMATE: u64 = 30;
 
 /// Name of a segment file.
 pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -129,6 +132,9 @@ pub(crate) struct Keydir {
     pub key_heap: u64,
     /// Sum of the key lengths.
     pub key_bytes: u64,
+    /// Entries loaded by the bulk build at open (for the memory estimate; an upper bound on how many
+    /// are still in packed nodes).
+    pub bulk: u64,
 }
 
 /// Size of the allocator block holding `n` key bytes (glibc malloc: 8-byte header, 16-byte rounding,
@@ -138,6 +144,37 @@ fn malloc_block(n: usize) -> u64 {
 }
 
 impl Keydir {
+    /// A keydir around a bulk-built map (call `recount` next).
+    pub(crate) fn from_bulk(map: BTreeMap<Box<[u8]>, Loc>) -> Self {
+        let bulk = map.len() as u64;
+        Self { map, bulk, ..Self::default() }
+    }
+
+    /// Recomputes the counters from the map; returns the record bytes it points at.
+    pub(crate) fn recount(&mut self) -> u64 {
+        let (mut live, mut tombstones, mut key_heap, mut key_bytes, mut bytes) = (0, 0, 0, 0, 0);
+        for (k, loc) in &self.map {
+            if loc.is_tombstone() {
+                tombstones += 1;
+            } else {
+                live += 1;
+            }
+            key_heap += malloc_block(k.len());
+            key_bytes += k.len() as u64;
+            bytes += u64::from(loc.len());
+        }
+        (self.live, self.tombstones, self.key_heap, self.key_bytes) =
+            (live, tombstones, key_heap, key_bytes);
+        bytes
+    }
+
+    /// Estimated heap bytes of the keydir, keys included.
+    pub(crate) fn estimated_bytes(&self) -> u64 {
+        let entries = self.map.len() as u64;
+        let bulk = self.bulk.min(entries);
+        bulk * KEYDIR_BULK_ENTRY_ESTIMATE + (entries - bulk) * KEYDIR_ENTRY_ESTIMATE + self.key_heap
+    }
+
     /// Points `key` at `loc`; returns the length of the record it replaced (0 if none).
     pub(crate) fn insert(&mut self, key: &[u8], loc: Loc) -> u64 {
         let new_tomb = loc.is_tombstone();
@@ -828,16 +865,15 @@ impl Inner {
 
     pub(crate) fn stats(&self) -> Stats {
         let mut keys = [0u64; 3];
-        let (mut tombstones, mut entries, mut key_heap, mut key_bytes) = (0, 0, 0, 0);
+        let (mut tombstones, mut entries, mut keydir_bytes, mut key_bytes) = (0, 0, 0, 0);
         for ks in Keyspace::ALL {
             let kd = self.keydirs[ks.index()].read();
             keys[ks.index()] = kd.live;
             tombstones += kd.tombstones;
             entries += kd.live + kd.tombstones;
-            key_heap += kd.key_heap;
+            keydir_bytes += kd.estimated_bytes();
             key_bytes += kd.key_bytes;
         }
-        let keydir_bytes = entries * KEYDIR_ENTRY_ESTIMATE + key_heap;
         let c = &self.counters;
         Stats {
             keys,
