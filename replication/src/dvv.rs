@@ -85,6 +85,16 @@ pub enum Body {
 }
 
 impl Sibling {
+    /// A file version with inline content.
+    pub fn bytes(meta: Meta, content: Vec<u8>) -> Sibling {
+        Sibling { meta, body: Body::Bytes(content) }
+    }
+
+    /// A delete written at `timestamp_ms` (size 0, no content).
+    pub fn tombstone(timestamp_ms: u64) -> Sibling {
+        Sibling { meta: Meta { timestamp_ms, ..Meta::default() }, body: Body::Tombstone }
+    }
+
     /// True when this sibling records a delete.
     pub fn is_tombstone(&self) -> bool {
         matches!(self.body, Body::Tombstone)
@@ -437,8 +447,7 @@ mod tests {
         assert!(!s.is_all_tombstones() && s.is_deleted());
         s.update(&VersionVector::new(), file(1, b"x"), &a);
         assert!(!s.is_deleted());
-        let tomb = Sibling { meta: Meta::default(), body: Body::Tombstone };
-        s.update(&s.join(), tomb, &a);
+        s.update(&s.join(), Sibling::tombstone(2), &a);
         assert!(s.is_all_tombstones() && s.is_deleted());
     }
 

@@ -29,9 +29,39 @@
 //! 4. When an owner becomes reachable, [`HintBook::take_batch`] gives the hints to deliver; the
 //!    owner merges, and [`HintBook::acknowledge`] removes them.
 //!
-//! The concept essays live on the modules: RING and PREFERENCE LISTS in [`ring`], SLOPPY QUORUM
-//! and READ REPAIR in [`quorum`], HINTED HANDOFF in [`hints`], VERSION VECTORS in [`vclock`] and
-//! DVV SETS in [`dvv`].
+//! RING
+//! ====
+//! Q equal partitions of the 64-bit hash space (Dynamo's strategy 3, SOSP 2007 §6.2); a key's
+//! partition is the top log2(Q) bits of [`key_hash`] (xxh3 of bucket, incarnation, name; pinned).
+//! Partitions are assigned to members by rendezvous scores with capacity-constrained greedy passes:
+//! the ring is a pure function of the member set; every node's primary and replica counts are
+//! within one of the mean; a membership change moves close to the minimum Q·N/m replicas.
+//! Details and the movement table: [`ring`], `docs/replication.md`.
+//!
+//! PREFERENCE LISTS
+//! ================
+//! The N distinct owners of a partition, primary first; the extended list continues with every
+//! other member in descending rendezvous score, the order in which fallbacks are taken.
+//!
+//! SLOPPY QUORUM
+//! =============
+//! Requests go to the first N *reachable* nodes of the extended list; a fallback carries a hint
+//! naming the unreachable owner it stands in for. Success once W (R) targets answered, failure as
+//! soon as that is impossible; the decision never flips ([`quorum`]).
+//!
+//! HINTED HANDOFF
+//! ==============
+//! Fallbacks keep hinted data per (key, owner) and deliver it when the owner is reachable again; a
+//! hint is removed only by an acknowledgement covering everything recorded for it, and delivery is a
+//! merge, so it is idempotent ([`hints`]).
+//!
+//! VERSION VECTORS
+//! ===============
+//! Causality is tracked with dotted version vector sets (Almeida et al., DAIS 2014; Riak's
+//! `dvvset`): each sibling carries the dot of the write that made it, a write removes exactly the
+//! siblings its client's context covers, and merging replicas is commutative, associative and
+//! idempotent. Actors are node id + data-directory epoch, so a node that lost its disk never
+//! reuses a dot ([`vclock`], [`dvv`], [`context`]).
 
 pub mod context;
 pub mod dvv;

@@ -378,6 +378,11 @@ impl<V: Clone + PartialEq> ReadCoordinator<V> {
         &self.tally.plan.targets
     }
 
+    /// The key's owners.
+    pub fn pref_list(&self) -> &[NodeId] {
+        &self.tally.plan.pref_list
+    }
+
     /// `node` replied with its set for the key (`None`: it has nothing). Returns false if `node`
     /// is not a target still awaited.
     pub fn on_reply(&mut self, node: &NodeId, set: Option<SiblingSet<V>>) -> bool {

@@ -35,6 +35,30 @@ impl fmt::Display for Dot {
     }
 }
 
+impl std::str::FromStr for Dot {
+    type Err = Error;
+    /// Parses the display form `<actor>:<counter>`, e.g. `n3#7c1:15` (a sibling id in the API).
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::InvalidContext(format!(
+                "bad sibling id {:?}",
+                s.chars().take(80).collect::<String>()
+            ))
+        };
+        let (actor, counter) = s.rsplit_once(':').ok_or_else(bad)?;
+        let actor: Actor = actor.parse().map_err(|_| bad())?;
+        // Canonical decimal only (no sign, no leading zero), so text and value are 1:1.
+        if counter.is_empty()
+            || counter.starts_with('0')
+            || !counter.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(bad());
+        }
+        let counter: u64 = counter.parse().map_err(|_| bad())?;
+        Ok(Dot { actor, counter })
+    }
+}
+
 /// A downward-closed version vector (actor -> highest known counter).
 ///
 /// Serialises as a map from actor text (`n3#7c1`) to counter, which is the JSON shape the API
@@ -165,6 +189,16 @@ mod tests {
         assert!(m.contains(&Dot { actor: actor("b"), counter: 3 }));
         assert!(!m.contains(&Dot { actor: actor("b"), counter: 4 }));
         assert_eq!(m.to_string(), "{a#1: 2, b#1: 3}");
+    }
+
+    #[test]
+    fn dot_display_parse_round_trip() {
+        let d = Dot { actor: actor("n3"), counter: 15 };
+        assert_eq!(d.to_string(), "n3#1:15");
+        assert_eq!("n3#1:15".parse::<Dot>().unwrap(), d);
+        for bad in ["n3#1", "n3#1:0", "n3#1:x", "n3:15", ":15", "n3#1:+5", "n3#1:-5"] {
+            assert!(bad.parse::<Dot>().is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
