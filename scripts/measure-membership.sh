@@ -101,7 +101,7 @@ kill)
   : >"$WORK/kill.tsv"
   for r in $(seq 1 "$RUNS"); do
     victim=${NODES[$(( (r - 1) % 4 ))]}
-    sleep 3   # let phi history settle after the previous restart
+    sleep 10  # let the previous victim (now an observer) build a heartbeat history
     t_kill=$(now_ms)
     kill -9 "${PID[$victim]}"
     wait "${PID[$victim]}" 2>/dev/null || true

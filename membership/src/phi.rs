@@ -113,6 +113,17 @@ impl PhiAccrual {
         self.last = Some(now);
     }
 
+    /// Records liveness at `now` without taking the interval since the previous arrival as a
+    /// sample (used after an out-of-rhythm heartbeat, whose offset to the next regular one is
+    /// arbitrary). Before the first heartbeat this is the same as [`heartbeat`](Self::heartbeat).
+    pub fn rebase(&mut self, now: Instant) {
+        if self.last.is_none() {
+            self.heartbeat(now);
+        } else {
+            self.last = Some(now);
+        }
+    }
+
     /// Forgets the history (used when a member that was down comes back: the silence while it
     /// was down is not a sample of its heartbeat rhythm).
     pub fn reset(&mut self) {
@@ -280,6 +291,16 @@ mod tests {
             "{mean:?}"
         );
         assert!(d.phi(t + Duration::from_secs(5)) >= 8.0);
+    }
+
+    #[test]
+    fn rebase_takes_no_sample() {
+        let mut d = detector();
+        let t0 = Instant::now();
+        let last = feed(&mut d, t0, &[1000], 10);
+        d.rebase(last + Duration::from_millis(30));
+        assert_eq!(d.mean(), SECOND);
+        assert_eq!(d.last_heartbeat(), Some(last + Duration::from_millis(30)));
     }
 
     #[test]

@@ -159,6 +159,9 @@ struct Member {
     incarnation: u64,
     seq: u64,
     heartbeats: u64,
+    /// The last detector update came from an out-of-rhythm heartbeat: the next regular one
+    /// rebases the detector instead of adding an arbitrary interval as a sample.
+    rebase_next: bool,
 }
 
 /// A heartbeat as the table needs it.
@@ -229,6 +232,7 @@ impl MemberTable {
                     incarnation: hb.incarnation,
                     seq: hb.seq,
                     heartbeats: 1,
+                    rebase_next: hb.extra,
                 },
             );
             return Some(MemberEvent::Up(node));
@@ -249,7 +253,14 @@ impl MemberTable {
         if hb.extra && m.status == MemberStatus::Up && m.detector.last_heartbeat().is_some() {
             return None;
         }
-        m.detector.heartbeat(now);
+        if hb.extra {
+            m.detector.rebase(now);
+            m.rebase_next = true;
+        } else if std::mem::take(&mut m.rebase_next) {
+            m.detector.rebase(now);
+        } else {
+            m.detector.heartbeat(now);
+        }
         if m.status != MemberStatus::Up {
             m.status = MemberStatus::Up;
             return Some(MemberEvent::Up(hb.node_id));
@@ -473,6 +484,16 @@ mod tests {
         let extra = Heartbeat { extra: true, ..hb("n2", 1, 1000) };
         assert!(t.heartbeat(extra.clone(), last + 10 * MS).is_none());
         assert_eq!(t.view(last + SECOND).members["n2"].phi, before);
+        // A member first seen through an extra beat: the offset to its next regular beat is
+        // not taken as a rhythm sample.
+        let now = last + 10 * SECOND;
+        assert!(t.heartbeat(Heartbeat { extra: true, ..hb("n3", 1, 0) }, now).is_some());
+        t.heartbeat(hb("n3", 1, 1), now + 30 * MS);
+        t.heartbeat(hb("n3", 1, 2), now + 1030 * MS);
+        // Detection time is that of a steady rhythm (~3.04 s), not slowed by a bogus 30 ms
+        // sample (which would push it past 4 s).
+        let phi_n3 = t.view(now + (1030 + 3300) * MS).members["n3"].phi;
+        assert!(phi_n3 >= 8.0, "regular rhythm distorted: phi {phi_n3}");
         // ...but brings a suspect member back at once.
         t.request_failed("n2", last + 20 * MS);
         let extra = Heartbeat { seq: 1001, ..extra };
