@@ -141,3 +141,42 @@ fn movement_table_on_add_and_remove() {
 }
 
 const MAX_MOVE_RATIO: f64 = 3.5;
+
+mod random_members {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn member_set() -> impl Strategy<Value = Vec<NodeId>> {
+        prop::collection::btree_set("[A-Za-z0-9_-]{1,16}", 1..24)
+            .prop_map(|s| s.into_iter().map(|n| NodeId::new(n).unwrap()).collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Arbitrary member names, Q and N: the invariants hold and one more member moves a
+        /// bounded number of replicas.
+        #[test]
+        fn invariants_hold_for_arbitrary_members(
+            members in member_set(),
+            q_bits in 0u32..9,
+            n in 1usize..5,
+            extra in "[a-z]{1,8}x",
+        ) {
+            let q = 1u32 << q_bits;
+            let ring = Ring::new(&members, q, n).unwrap();
+            check_invariants(&ring, q, members.len(), n);
+            let mut bigger = members.clone();
+            let newcomer = NodeId::new(extra).unwrap();
+            prop_assume!(!bigger.contains(&newcomer));
+            bigger.push(newcomer.clone());
+            let after = Ring::new(&bigger, q, n).unwrap();
+            check_invariants(&after, q, bigger.len(), n);
+            let moved = after.moved_from(&ring).unwrap();
+            // The newcomer's share must move; the rest is churn, bounded by the whole ring.
+            let newcomer_share = after.replica_counts()[&newcomer];
+            prop_assert!(moved >= newcomer_share);
+            prop_assert!(moved <= q as usize * after.n());
+        }
+    }
+}
