@@ -328,6 +328,42 @@ pub(crate) fn compact(
     sync_dir(sync, &dir)?;
     inner.crash_point(CompactionStep::Committed)?;
 
+    // Past the commit point the compaction must complete: if switching fails, the engine is poisoned
+    // so that nothing else runs (in particular no second compaction overwriting the commit file) until
+    // the next open replays the commit.
+    if let Err(e) = switch_over(inner, &inputs, &lens, &moves, &drops, &commit, &report) {
+        if !matches!(e, Error::InjectedCrash(_)) {
+            inner.poison();
+            tracing::error!(error = %e, "compaction switch-over failed after its commit; engine poisoned, reopen to finish it");
+        }
+        return Err(e);
+    }
+    inner.counters.compactions.fetch_add(1, Ordering::Relaxed);
+    report.duration = started.elapsed();
+    tracing::info!(
+        inputs = report.segments_rewritten,
+        outputs = report.segments_written,
+        bytes_before = report.bytes_before,
+        bytes_after = report.bytes_after,
+        "compaction finished"
+    );
+    Ok(report)
+}
+
+/// Steps 3 and 4 of the switch-over (see the module doc).
+#[allow(clippy::too_many_arguments)]
+fn switch_over(
+    inner: &Inner,
+    inputs: &[(u32, u64, bytes::Bytes, u64)],
+    lens: &[u64],
+    moves: &[Move],
+    drops: &[(Keyspace, Box<[u8]>, Loc)],
+    commit: &CommitRecord,
+    report: &CompactionReport,
+) -> Result<()> {
+    let dir = &inner.dir;
+    let tmp = dir.join(COMPACT_TMP_DIR);
+    let sync = &*inner.opts.file_sync;
     // In-memory switch.
     let mut handles = Vec::with_capacity(lens.len());
     for (i, len) in lens.iter().enumerate() {
@@ -361,7 +397,7 @@ pub(crate) fn compact(
     }
     {
         let mut segs = inner.segments.write();
-        for (h, ..) in &inputs {
+        for (h, ..) in inputs {
             segs.by_handle.remove(h);
         }
     }
@@ -369,17 +405,7 @@ pub(crate) fn compact(
     inner.counters.total_bytes.fetch_add(report.bytes_after, Ordering::Relaxed);
 
     // File switch-over.
-    apply_commit(&dir, &commit, sync, &mut |step| inner.crash_point(step))?;
-    inner.counters.compactions.fetch_add(1, Ordering::Relaxed);
-    report.duration = started.elapsed();
-    tracing::info!(
-        inputs = report.segments_rewritten,
-        outputs = report.segments_written,
-        bytes_before = report.bytes_before,
-        bytes_after = report.bytes_after,
-        "compaction finished"
-    );
-    Ok(report)
+    apply_commit(dir, commit, sync, &mut |step| inner.crash_point(step))
 }
 
 /// Step 4 of the switch-over (see the module doc); idempotent, so the next open can replay it.

@@ -816,6 +816,9 @@ impl Inner {
             }
             st.leader = true;
             let (result, target) = MutexGuard::unlocked(&mut st, || {
+                // Let writers that are runnable right now append first, so this fdatasync covers them
+                // too. Costs nothing when no other thread is runnable (a lone writer).
+                std::thread::yield_now();
                 let (file, target) = {
                     let w = self.writer.lock();
                     (Arc::clone(&w.file), w.lsn)
