@@ -166,15 +166,11 @@ mod tests {
     }
 
     #[test]
-    fn serde_rejects_invalid_ids() {
-        let json = serde_json_like("\"n 1\"");
-        assert!(json.is_err());
-    }
-
-    fn serde_json_like(s: &str) -> std::result::Result<NodeId, rmp_serde::decode::Error> {
-        // Encode the raw string with rmp and decode as NodeId: validation must run.
-        let raw: String = s.trim_matches('"').to_string();
-        let bytes = rmp_serde::to_vec(&raw).unwrap();
-        rmp_serde::from_slice(&bytes)
+    fn decoding_validates_ids_and_actors() {
+        let bytes = rmp_serde::to_vec(&"n 1".to_string()).unwrap();
+        assert!(rmp_serde::from_slice::<NodeId>(&bytes).is_err());
+        assert!(rmp_serde::from_slice::<Actor>(&bytes).is_err());
+        let ok = rmp_serde::to_vec(&"n1#7c1".to_string()).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Actor>(&ok).unwrap().to_string(), "n1#7c1");
     }
 }

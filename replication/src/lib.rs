@@ -20,8 +20,9 @@
 //! # How the node drives it
 //! 1. Key -> [`ring::key_hash`] -> [`Ring::partition_of`] -> [`Ring::extended_preference_list`].
 //! 2. Write: [`quorum::coordinator_for`] says who coordinates (forward if not us). The coordinator
-//!    builds a [`WriteCoordinator`], applies [`SiblingSet::update`] locally under the engine's
-//!    per-key lock (its own acknowledgement), sends the new set to the other targets (a fallback
+//!    builds a [`WriteCoordinator`], applies [`SiblingSet::update`] under the engine's per-key
+//!    lock to the merge of everything it holds for the key (replica and hint sets, so no counter
+//!    is reused) and stores the result (its own acknowledgement), sends the new set to the other targets (a fallback
 //!    merges it into its hint set and [`HintBook::record`]s it), feeds acks/failures/timeout, and
 //!    answers from [`Outcome`].
 //! 3. Read: a [`ReadCoordinator`] merges replies; [`ReadCoordinator::repairs`] lists replicas to
