@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cairn_engine::{
-    Engine, Error, FileSync, Keyspace, ManualClock, Options, SyncPolicy, Update, UpdateOutcome,
+    CompactionOptions, Engine, Error, FileSync, Keyspace, ManualClock, Options, SyncPolicy, Update,
+    UpdateOutcome,
 };
 
 fn opts() -> Options {
@@ -376,4 +377,85 @@ fn record_timestamps_come_from_the_injected_clock() {
     drop(e);
     let ts: Vec<u64> = cairn_engine::inspect(dir.path()).unwrap().map(|r| r.timestamp_ms).collect();
     assert_eq!(ts, vec![1_700_000_000_000, 1_700_000_001_000]);
+}
+
+#[test]
+fn background_compaction_reclaims_space_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(
+        dir.path(),
+        Options {
+            segment_size: 1024,
+            background_compaction: Some(CompactionOptions {
+                interval: std::time::Duration::from_millis(10),
+                jitter: std::time::Duration::from_millis(5),
+                max_bytes_per_sec: 10 << 20,
+                min_dead_ratio: 0.5,
+                min_dead_bytes: 0,
+            }),
+            ..opts()
+        },
+    )
+    .unwrap();
+    for round in 0..20u8 {
+        for k in 0..10u8 {
+            e.put(Keyspace::Object, &[b'k', k], &[round; 60]).unwrap();
+        }
+    }
+    let before = e.stats().total_bytes;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while e.stats().compactions == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let s = e.stats();
+    assert!(s.compactions >= 1, "the background thread compacted");
+    assert!(s.total_bytes < before / 2, "{} -> {}", before, s.total_bytes);
+    for k in 0..10u8 {
+        assert_eq!(&*e.get(Keyspace::Object, &[b'k', k]).unwrap().unwrap(), &[19u8; 60][..]);
+    }
+    drop(e); // joins the thread
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    assert_eq!(e.stats().keys_in(Keyspace::Object), 10);
+}
+
+#[test]
+fn compaction_reports_progress_and_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    for i in 0..100u32 {
+        e.put(Keyspace::Object, format!("k{}", i % 20).as_bytes(), &[1; 100]).unwrap();
+    }
+    e.delete(Keyspace::Object, b"k0").unwrap();
+    let mut seen = Vec::new();
+    let r = e.compact(&mut |p| seen.push((p.bytes_done, p.bytes_total))).unwrap();
+    let last = *seen.last().unwrap();
+    assert_eq!(last.0, last.1, "progress ends at the total");
+    assert_eq!(last.1, r.bytes_before);
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "progress never goes back");
+    assert_eq!(r.records_before, 101);
+    assert_eq!(r.records_after, 20, "19 live values and 1 tombstone within its grace period");
+    assert_eq!(r.superseded_dropped, 81);
+    assert_eq!(r.tombstones_dropped, 0);
+    assert_eq!(e.stats().compactions, 1);
+}
+
+#[test]
+fn inspect_lists_records_and_json_escapes_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    e.put(Keyspace::Object, b"a\"b\n\xff", b"value").unwrap();
+    e.delete(Keyspace::Object, b"a\"b\n\xff").unwrap();
+    drop(e);
+    let recs: Vec<_> = cairn_engine::inspect(dir.path()).unwrap().collect();
+    assert_eq!(recs.len(), 2);
+    assert_eq!((recs[0].kind, recs[0].keyspace, recs[0].value_len), ("put", "object", 5));
+    assert_eq!(recs[1].kind, "tombstone");
+    assert!(recs.iter().all(|r| r.crc_ok));
+    let json = recs[0].to_json();
+    assert!(json.contains("\"key\":\"a\\\"b\\u000a\u{fffd}\""), "{json}");
+    assert!(json.starts_with('{') && json.ends_with('}'));
+    let report = cairn_engine::verify(dir.path()).unwrap();
+    assert!(report.is_clean());
+    assert_eq!(report.records_ok, 2);
+    assert!(report.to_string().ends_with("CLEAN"), "{report}");
 }
