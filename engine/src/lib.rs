@@ -20,6 +20,32 @@
 //! - `mmap`: the only `unsafe` code, read-only maps wrapped in `bytes::Bytes`.
 //! - `options`: `Options`, `SyncPolicy`, the injected `Clock` and `FileSync`.
 //! - `error`: the crate's `Error` and `Result`.
+//!
+//! # Example
+//!
+//! ```
+//! use cairn_engine::{Engine, Keyspace, Options, Update};
+//!
+//! # fn main() -> cairn_engine::Result<()> {
+//! # let tmp = std::env::temp_dir().join(format!("cairn-doc-{}", std::process::id()));
+//! # std::fs::remove_dir_all(&tmp).ok();
+//! let engine = Engine::open(&tmp, Options::default())?;
+//! engine.put(Keyspace::Bucket, b"photos", b"{}")?;
+//! // Atomic read-merge-write: concurrent updates of one key never lose each other.
+//! engine.update(Keyspace::Object, b"photos/cat.jpg", |old| {
+//!     let mut v = old.map(<[u8]>::to_vec).unwrap_or_default();
+//!     v.extend_from_slice(b"+sibling");
+//!     Ok::<_, std::convert::Infallible>(Update::Put(v))
+//! })?;
+//! let value = engine.get(Keyspace::Object, b"photos/cat.jpg")?;
+//! assert_eq!(value.as_deref(), Some(&b"+sibling"[..]));
+//! let page = engine.scan_prefix(Keyspace::Object, b"photos/", None, 100)?;
+//! assert_eq!(page.len(), 1);
+//! # drop(engine);
+//! # std::fs::remove_dir_all(&tmp).ok();
+//! # Ok(())
+//! # }
+//! ```
 
 mod compaction;
 mod engine;
@@ -50,3 +76,15 @@ pub use options::{
     SyncPolicy, SystemClock,
 };
 pub use record::{FORMAT_VERSION, Keyspace, RecordKind};
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn shared_types_are_send_and_sync() {
+        assert_send_sync::<crate::Engine>();
+        assert_send_sync::<crate::Value>();
+        assert_send_sync::<crate::Options>();
+    }
+}
