@@ -10,6 +10,26 @@
 //! [`phi`] (FAILURE DETECTION) and [`table`] (MEMBER STATES); measured figures are in
 //! `docs/membership.md`.
 //!
+//! GOSSIP
+//! ======
+//!
+//! Every node publishes a signed heartbeat `{node_id, incarnation, seq, http_addr, version,
+//! addresses}` on one gossipsub topic every interval (1 s), flood-published to every connected
+//! subscriber and relayed through the mesh, so a member is heard even over an indirect path.
+//! Heartbeats double as announcements (node id ↔ peer id, HTTP address, addresses), and every
+//! node dials members it hears of but is not connected to, so one bootstrap address suffices.
+//! Details in [`node`].
+//!
+//! FAILURE DETECTION
+//! =================
+//!
+//! A phi-accrual detector (Hayashibara et al., SRDS 2004) per member turns heartbeat arrivals
+//! into a suspicion level; the [`MemberTable`] maps it to Up / Suspect (phi ≥ threshold/2, or a
+//! failed request or lost connection) / Down (phi ≥ threshold, default 8). Invariant: a member is
+//! Down only after a silence of at least `mean + 1 s + 5.2 × max(stddev, 200 ms)` (≈ 3 s at
+//! 1 s heartbeats), and only a newer heartbeat (by `(incarnation, seq)`) brings it back Up.
+//! Details in [`phi`] and [`table`].
+//!
 //! # Layout
 //! - [`error`]: the crate's error enum and `Result` alias.
 //! - [`config`]: [`MembershipConfig`], cluster secret parsing, the persistent node keypair.

@@ -490,6 +490,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn full_inbound_queue_refuses_instead_of_blocking() {
+        let net = InMemoryNetwork::new(1);
+        let (a, _rx_a) = net.register("a");
+        let (_b, rx_b) = net.register("b"); // b never reads its queue
+        let mut pending = Vec::new();
+        for _ in 0..INBOUND_QUEUE_CAPACITY {
+            let a = a.clone();
+            pending.push(tokio::spawn(async move { a.request("b", Bytes::new()).await }));
+        }
+        for _ in 0..100_000 {
+            if net.stats().delivered == INBOUND_QUEUE_CAPACITY as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(net.stats().delivered, INBOUND_QUEUE_CAPACITY as u64);
+        let err = a.request("b", Bytes::new()).await.unwrap_err();
+        assert!(matches!(err, Error::Remote { .. }) && err.is_retryable(), "{err}");
+        drop(rx_b);
+        for p in pending {
+            // The queued requests end when the receiver goes away (dropped reply handles).
+            assert!(p.await.unwrap().is_err());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn dropped_reply_handle_is_a_remote_error() {
         let net = InMemoryNetwork::new(1);
         let (a, _rx_a) = net.register("a");
