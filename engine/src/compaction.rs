@@ -212,10 +212,9 @@ pub(crate) fn compact(
     let mut inputs: Vec<(u32, u64, bytes::Bytes, u64)> = inner
         .segments
         .read()
-        .by_handle
         .iter()
         .filter(|(_, s)| s.sealed)
-        .map(|(h, s)| (*h, s.id, s.bytes.clone(), s.len))
+        .map(|(h, s)| (h, s.id, s.bytes.clone(), s.len))
         .collect();
     inputs.sort_by_key(|i| i.1);
     let mut report = CompactionReport {
@@ -398,7 +397,7 @@ fn switch_over(
     {
         let mut segs = inner.segments.write();
         for (h, ..) in inputs {
-            segs.by_handle.remove(h);
+            segs.remove(*h);
         }
     }
     inner.counters.total_bytes.fetch_sub(report.bytes_before, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! The engine: keydir, read path, write path with group commit, background threads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::{Bound, Deref};
 use std::os::unix::fs::FileExt;
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::error::{Error, IoContext, Result};
@@ -243,16 +243,31 @@ pub(crate) struct Seg {
 /// holding an old location can never reach a different file's bytes.
 #[derive(Default)]
 pub(crate) struct Segments {
-    pub by_handle: HashMap<u32, Seg>,
-    pub next_handle: u32,
+    /// Indexed by handle; `None` once a segment is compacted away. Handles are allocated in sequence
+    /// and a process creates few segments, so a vector beats a hash map on every get.
+    slots: Vec<Option<Seg>>,
 }
 
 impl Segments {
     pub(crate) fn add(&mut self, seg: Seg) -> u32 {
-        let h = self.next_handle;
-        self.next_handle += 1;
-        self.by_handle.insert(h, seg);
+        let h = u32::try_from(self.slots.len()).expect("fewer than 2^32 segments per process");
+        self.slots.push(Some(seg));
         h
+    }
+    pub(crate) fn get(&self, handle: u32) -> Option<&Seg> {
+        self.slots.get(handle as usize).and_then(Option::as_ref)
+    }
+    pub(crate) fn get_mut(&mut self, handle: u32) -> Option<&mut Seg> {
+        self.slots.get_mut(handle as usize).and_then(Option::as_mut)
+    }
+    pub(crate) fn remove(&mut self, handle: u32) {
+        if let Some(slot) = self.slots.get_mut(handle as usize) {
+            *slot = None;
+        }
+    }
+    /// Live segments with their handles.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Seg)> {
+        self.slots.iter().enumerate().filter_map(|(h, s)| Some((h as u32, s.as_ref()?)))
     }
 }
 
@@ -527,14 +542,14 @@ impl Engine {
                 if hits.len() >= limit {
                     break;
                 }
-                let seg = segs.by_handle.get(&loc.handle).ok_or_else(|| missing_segment(*loc))?;
+                let seg = segs.get(loc.handle).ok_or_else(|| missing_segment(*loc))?;
                 hits.push((k.to_vec(), *loc, seg.id, seg.bytes.clone()));
             }
             hits
         };
         hits.into_iter()
             .map(|(k, loc, id, bytes)| {
-                let v = read_value(&bytes, id, loc, &k)?;
+                let v = read_value(bytes, id, loc, &k)?;
                 Ok((k, v))
             })
             .collect()
@@ -623,7 +638,7 @@ fn hint_entries(bytes: &[u8]) -> Vec<HintEntry> {
 }
 
 /// Decodes the record at `loc` in a segment mapping, checks CRC and key, returns the value window.
-pub(crate) fn read_value(bytes: &Bytes, seg_id: u64, loc: Loc, key: &[u8]) -> Result<Value> {
+pub(crate) fn read_value(bytes: Bytes, seg_id: u64, loc: Loc, key: &[u8]) -> Result<Value> {
     let start = loc.off as usize;
     let end = start + loc.len() as usize;
     let what = || format!("segment {seg_id:010} offset {start}");
@@ -635,7 +650,11 @@ pub(crate) fn read_value(bytes: &Bytes, seg_id: u64, loc: Loc, key: &[u8]) -> Re
     if rec.key != key || rec.total_len != end - start || rec.kind != RecordKind::Put {
         return Err(Error::corrupt(what(), "record does not match the keydir entry"));
     }
-    Ok(Value(bytes.slice(start + rec.value_offset..end)))
+    let value_start = start + rec.value_offset;
+    let mut b = bytes;
+    b.truncate(end);
+    b.advance(value_start);
+    Ok(Value(b))
 }
 
 impl Inner {
@@ -675,10 +694,10 @@ impl Inner {
                 return Ok(None);
             }
             let segs = self.segments.read();
-            let seg = segs.by_handle.get(&loc.handle).ok_or_else(|| missing_segment(loc))?;
+            let seg = segs.get(loc.handle).ok_or_else(|| missing_segment(loc))?;
             (loc, seg.id, seg.bytes.clone())
         };
-        read_value(&bytes, id, loc, key).map(Some)
+        read_value(bytes, id, loc, key).map(Some)
     }
 
     /// Appends one record and points the keydir at it; returns the lsn that must be durable before the
@@ -758,7 +777,7 @@ impl Inner {
         let cap = self.opts.segment_size;
         let bytes = mmap::map(&file, cap).ctx(|| format!("mapping {}", path.display()))?;
         let mut segs = self.segments.write();
-        if let Some(old) = segs.by_handle.get_mut(&w.handle) {
+        if let Some(old) = segs.get_mut(w.handle) {
             old.bytes = sealed_bytes;
             old.len = w.len;
             old.sealed = true;
@@ -777,7 +796,7 @@ impl Inner {
     fn grow_active(&self, w: &mut MutexGuard<'_, Writer>, need: u64) -> Result<()> {
         let cap = need.max(self.opts.segment_size);
         let bytes = mmap::map(&w.file, cap).ctx(|| format!("mapping segment {:010}", w.id))?;
-        if let Some(seg) = self.segments.write().by_handle.get_mut(&w.handle) {
+        if let Some(seg) = self.segments.write().get_mut(w.handle) {
             seg.bytes = bytes;
         }
         w.cap = cap;
@@ -883,7 +902,7 @@ impl Inner {
             tombstones,
             live_bytes: c.live_bytes.load(Ordering::Relaxed),
             total_bytes: c.total_bytes.load(Ordering::Relaxed),
-            segments: self.segments.read().by_handle.len() as u64,
+            segments: self.segments.read().iter().count() as u64,
             keydir_bytes,
             keydir_bytes_per_key: if entries == 0 {
                 0.0

@@ -336,10 +336,19 @@ pub(crate) fn peek(buf: &[u8]) -> Option<(RecordKind, Keyspace, &[u8], usize)> {
 }
 
 /// Where the value starts inside a put body (a MessagePack bin that spans the whole body), or `None`.
+/// Parsed by hand on the read path (three fixed header forms, lengths big endian as MessagePack
+/// specifies); `bin_header_matches_rmp_serde` checks it against rmp-serde's encoder.
 fn body_value_start(body: &[u8]) -> Option<usize> {
-    let v: &serde_bytes::Bytes = rmp_serde::from_slice(body).ok()?;
-    let start = (v.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
-    (start.checked_add(v.len())? == body.len()).then_some(start)
+    let (header, len) = match *body.first()? {
+        0xc4 => (2, u64::from(*body.get(1)?)),
+        0xc5 => (3, u64::from(u16::from_be_bytes([*body.get(1)?, *body.get(2)?]))),
+        0xc6 => {
+            let b = body.get(1..5)?;
+            (5, u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+        }
+        _ => return None,
+    };
+    (header as u64 + len == body.len() as u64).then_some(header)
 }
 
 /// One step of a forward scan.
@@ -430,6 +439,19 @@ mod tests {
         let t = encode(RecordKind::Tombstone, Keyspace::Object, b"k", b"", 1).unwrap();
         assert_eq!(t.len(), HEADER_LEN + 1);
         assert_eq!(decode(&t).unwrap().kind, RecordKind::Tombstone);
+    }
+
+    #[test]
+    fn bin_header_matches_rmp_serde() {
+        for n in [0usize, 1, 255, 256, 65_535, 65_536, 70_000] {
+            let value = vec![0x5a; n];
+            let body = rmp_serde::to_vec(serde_bytes::Bytes::new(&value)).unwrap();
+            let start = body_value_start(&body).unwrap();
+            assert_eq!(&body[start..], &value[..], "{n} bytes");
+            assert_eq!(body_value_start(&body[..body.len() - 1]), None, "{n} bytes, one short");
+        }
+        assert_eq!(body_value_start(&[0xc0]), None, "nil is not a bin");
+        assert_eq!(body_value_start(&[]), None);
     }
 
     #[test]
