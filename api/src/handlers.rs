@@ -1,0 +1,506 @@
+//! The route handlers.
+//!
+//! Every handler is a thin `async fn` returning a [`Response`]: it runs an inner function that
+//! returns `Result<Response, ApiError>` and maps an error once, through
+//! [`ApiError::to_response`] with this node's id. Handlers read names from the raw request path
+//! ([`names::bucket_from_path`]) rather than from axum's `Path` extractor, so that malformed
+//! percent-encoding, invalid UTF-8 and NUL are refused with the API's own codes.
+//!
+//! READS
+//! =====
+//! A read merges the replicas' sibling sets (the backend does that); the handler shows the set:
+//! - no live version (empty set or only tombstones): 404 `NoSuchKey`, with the context in the
+//!   body and in `X-Cairn-Context` when there are tombstones, so a later write supersedes them;
+//! - exactly one version and it is live: the bytes, with `Content-Type`, `ETag`,
+//!   `Last-Modified`, `X-Cairn-Context`, `X-Cairn-Node` (the coordinator), `X-Cairn-Version`;
+//! - several versions (a live one concurrent with others, deletes included): 300 Multiple
+//!   Choices with the JSON list of siblings and the context; `?sibling=ID` serves one of them;
+//! - `?meta=true`: the JSON read report (replicas read, their vector clocks, read repair) with
+//!   the siblings, whatever their number.
+//!
+//! MULTIPART UPLOADS
+//! =================
+//! Parts are processed one at a time, in order. Each file part's name is validated from its
+//! headers before its body is read; its body is streamed and counted, and handed to the backend
+//! only once complete and within the maximum object size. So an over-size or malformed part is
+//! never stored, not even partly. Parts before it have been stored (holding every part until the
+//! end would hold more than one object in memory): the error answer lists them under `files`,
+//! and parts after it are not read.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use cairn_replication::{Body as SiblingBody, Context, Dotted, Sibling};
+use serde_json::{Map, Value, json};
+
+use crate::backend::{Backend, DeleteObject, GetObject, ListFiles, PutObject, ReadResult};
+use crate::error::{ApiError, Result};
+use crate::names::{ObjectName, bucket_from_path, object_from_raw};
+use crate::params::{self, LimitedBuffer, Params};
+use crate::render;
+use crate::{
+    App, CONTEXT_HEADER, ConflictPolicy, FILE_FIELDS, MAX_CURSOR_LEN, MAX_LIST_LIMIT, NODE_HEADER,
+    VERSION_HEADER,
+};
+
+/// The methods of an object path: GET (and HEAD), PUT, DELETE, and POST (refused with 405 once
+/// the names are valid: uploads are `POST /buckets/{bucket}/files`).
+pub fn object_routes<B: Backend>() -> MethodRouter<App<B>> {
+    get(get_object::<B>).put(put_object::<B>).delete(delete_object::<B>).post(post_object::<B>)
+}
+
+/// Maps an inner result to the answer.
+fn answer(node: &str, r: Result<Response>) -> Response {
+    r.unwrap_or_else(|e| e.to_response(node))
+}
+
+/// A JSON 200 answer `{"success": true, "node": <node>, ...fields}`.
+fn ok_json(node: &str, fields: Map<String, Value>) -> Response {
+    let mut body = Map::new();
+    body.insert("success".into(), Value::Bool(true));
+    body.insert("node".into(), Value::String(node.to_string()));
+    body.extend(fields);
+    (StatusCode::OK, Json(Value::Object(body))).into_response()
+}
+
+/// `GET /buckets`.
+pub async fn list_buckets<B: Backend>(State(app): State<App<B>>) -> Response {
+    let inner = async {
+        let buckets = app.backend.list_buckets().await?;
+        let mut f = Map::new();
+        f.insert(
+            "buckets".into(),
+            Value::Array(
+                buckets
+                    .iter()
+                    .map(|b| json!({"name": b.name.as_str(), "conflict": b.conflict.as_str()}))
+                    .collect(),
+            ),
+        );
+        Ok(ok_json(&app.node, f))
+    };
+    answer(&app.node, inner.await)
+}
+
+/// `POST /buckets/{bucket}?conflict=siblings|lww`.
+pub async fn create_bucket<B: Backend>(State(app): State<App<B>>, uri: Uri) -> Response {
+    let inner = async {
+        let (bucket, _) = bucket_from_path(uri.path())?;
+        let params = Params::parse(&uri)?;
+        let policy: ConflictPolicy = match params.get("conflict")? {
+            Some(p) => p.parse()?,
+            None => ConflictPolicy::default(),
+        };
+        let report = app.backend.create_bucket(bucket.clone(), policy).await?;
+        let mut f = Map::new();
+        f.insert("bucket".into(), Value::String(bucket.to_string()));
+        f.insert("conflict".into(), Value::String(policy.as_str().into()));
+        f.extend(report.details);
+        Ok(ok_json(&app.node, f))
+    };
+    answer(&app.node, inner.await)
+}
+
+/// `DELETE /buckets/{bucket}`: the bucket and its files.
+pub async fn delete_bucket<B: Backend>(State(app): State<App<B>>, uri: Uri) -> Response {
+    let inner = async {
+        let (bucket, _) = bucket_from_path(uri.path())?;
+        let report = app.backend.delete_bucket(bucket.clone()).await?;
+        let mut f = Map::new();
+        f.insert("bucket".into(), Value::String(bucket.to_string()));
+        f.insert("deleted".into(), Value::Bool(true));
+        f.extend(report.details);
+        Ok(ok_json(&app.node, f))
+    };
+    answer(&app.node, inner.await)
+}
+
+/// `GET /buckets/{bucket}?prefix=&cursor=&limit=`.
+pub async fn list_files<B: Backend>(State(app): State<App<B>>, uri: Uri) -> Response {
+    let inner = async {
+        let (bucket, _) = bucket_from_path(uri.path())?;
+        let params = Params::parse(&uri)?;
+        let prefix = params.get("prefix")?.unwrap_or_default().to_string();
+        if prefix.len() > crate::names::MAX_OBJECT_NAME_LEN || prefix.contains('\0') {
+            return Err(ApiError::InvalidArgument(
+                "prefix must be at most 1024 bytes without NUL".into(),
+            ));
+        }
+        let cursor = params.get("cursor")?.filter(|c| !c.is_empty()).map(str::to_string);
+        if cursor.as_ref().is_some_and(|c| c.len() > MAX_CURSOR_LEN) {
+            return Err(ApiError::InvalidArgument("cursor is too long".into()));
+        }
+        let limit = params.bounded("limit", crate::DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
+        let list = app
+            .backend
+            .list_files(ListFiles { bucket: bucket.clone(), prefix, cursor, limit })
+            .await?;
+        let mut f = Map::new();
+        f.insert("bucket".into(), Value::String(bucket.to_string()));
+        f.insert(
+            "files".into(),
+            Value::Array(
+                list.files
+                    .iter()
+                    .map(|e| render::file_entry_json(e.name.as_str(), &e.meta, e.versions))
+                    .collect(),
+            ),
+        );
+        f.insert("truncated".into(), Value::Bool(list.next_cursor.is_some()));
+        f.insert("next_cursor".into(), list.next_cursor.map(Value::String).unwrap_or(Value::Null));
+        Ok(ok_json(&app.node, f))
+    };
+    answer(&app.node, inner.await)
+}
+
+/// The bucket and object named by an object path.
+fn object_path(uri: &Uri) -> Result<(crate::BucketName, ObjectName)> {
+    let (bucket, raw) = bucket_from_path(uri.path())?;
+    let name = object_from_raw(raw.unwrap_or_default())?;
+    Ok((bucket, name))
+}
+
+/// `GET`/`HEAD /buckets/{bucket}/{*file}?r=&local=&meta=&sibling=` (see READS above).
+pub async fn get_object<B: Backend>(State(app): State<App<B>>, uri: Uri) -> Response {
+    answer(&app.node, get_object_inner(&app, &uri).await)
+}
+
+async fn get_object_inner<B: Backend>(app: &App<B>, uri: &Uri) -> Result<Response> {
+    let (bucket, name) = object_path(uri)?;
+    let params = Params::parse(uri)?;
+    let r = params.quorum("r", app.config.replicas)?;
+    let local = params.flag("local")?;
+    let meta = params.flag("meta")?;
+    let sibling = params.get("sibling")?.map(str::to_string);
+    if sibling.as_ref().is_some_and(|s| s.is_empty() || s.len() > 200) {
+        return Err(ApiError::InvalidArgument("sibling must be a version id".into()));
+    }
+    let read = app.backend.get_object(GetObject { bucket, name: name.clone(), r, local }).await?;
+    let context = Context(read.set.join());
+    let live = read.set.siblings().iter().filter(|s| !s.value.is_tombstone()).count();
+    if live == 0 {
+        let err = ApiError::NoSuchKey {
+            name: name.to_string(),
+            context: if context.0.is_empty() { None } else { Some(context) },
+        };
+        let extra = if meta { read_fields(&read) } else { Map::new() };
+        return Ok(err.to_response_with(&app.node, extra));
+    }
+    if meta {
+        let mut f = read_fields(&read);
+        f.insert("name".into(), Value::String(name.to_string()));
+        return Ok(ok_json(&app.node, f));
+    }
+    if let Some(id) = sibling {
+        let found = read.set.siblings().iter().find(|s| render::version_id(&s.dot) == id);
+        return match found {
+            Some(s) if !s.value.is_tombstone() => Ok(bytes_response(&read, s, &context)),
+            Some(_) => Err(ApiError::NoSuchVersion(format!("{id} is a delete marker"))),
+            None => Err(ApiError::NoSuchVersion(id)),
+        };
+    }
+    match read.set.siblings() {
+        [only] => Ok(bytes_response(&read, only, &context)),
+        _ => {
+            let mut f = read_fields(&read);
+            f.insert("name".into(), Value::String(name.to_string()));
+            let mut resp = ok_json(&app.node, f);
+            *resp.status_mut() = StatusCode::MULTIPLE_CHOICES;
+            set_header(&mut resp, CONTEXT_HEADER, &context.to_token());
+            set_header(&mut resp, NODE_HEADER, &read.node);
+            Ok(resp)
+        }
+    }
+}
+
+/// The JSON fields of a read: coordinator, context, siblings, conflict flag and read report.
+fn read_fields(read: &ReadResult) -> Map<String, Value> {
+    let mut f = Map::new();
+    f.insert("coordinator".into(), Value::String(read.node.clone()));
+    f.insert("context".into(), Value::String(Context(read.set.join()).to_token()));
+    f.insert("conflict".into(), Value::Bool(read.set.len() > 1));
+    f.insert("siblings".into(), render::siblings_json(&read.set));
+    for (k, v) in render::read_report_fields(&read.report) {
+        f.insert(k, v);
+    }
+    f
+}
+
+/// Sets a header if the value is a valid header value (all values set here are ASCII by
+/// construction: tokens, node ids, hex, dates).
+fn set_header(resp: &mut Response, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert(name, v);
+    }
+}
+
+/// The bytes of one live version with its headers.
+fn bytes_response(read: &ReadResult, s: &Dotted<Sibling>, context: &Context) -> Response {
+    let bytes = match &s.value.body {
+        SiblingBody::Bytes(b) => b.clone(),
+        SiblingBody::Tombstone => Vec::new(),
+    };
+    let meta = &s.value.meta;
+    let mut resp = (StatusCode::OK, Body::from(bytes)).into_response();
+    let ctype = HeaderValue::from_str(&meta.content_type)
+        .unwrap_or(HeaderValue::from_static(crate::DEFAULT_CONTENT_TYPE));
+    resp.headers_mut().insert(header::CONTENT_TYPE, ctype);
+    set_header(&mut resp, "etag", &format!("\"{}\"", meta.etag));
+    set_header(&mut resp, "last-modified", &render::http_date(meta.timestamp_ms));
+    set_header(&mut resp, CONTEXT_HEADER, &context.to_token());
+    set_header(&mut resp, NODE_HEADER, &read.node);
+    set_header(&mut resp, VERSION_HEADER, &render::version_id(&s.dot));
+    resp
+}
+
+/// Reads `?w=`, `?overwrite=` and `X-Cairn-Context`, refusing both a context and overwrite.
+fn write_options(
+    uri: &Uri,
+    headers: &HeaderMap,
+    n: usize,
+) -> Result<(Option<usize>, Option<Context>, bool)> {
+    let params = Params::parse(uri)?;
+    let w = params.quorum("w", n)?;
+    let overwrite = params.flag("overwrite")?;
+    let context = params::context_from_headers(headers)?;
+    if overwrite && context.is_some() {
+        return Err(ApiError::InvalidArgument(
+            "give either X-Cairn-Context or overwrite=true, not both".into(),
+        ));
+    }
+    Ok((w, context, overwrite))
+}
+
+/// `PUT /buckets/{bucket}/{*file}?w=&overwrite=`: the raw body is the object.
+pub async fn put_object<B: Backend>(
+    State(app): State<App<B>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let inner = async {
+        let (bucket, name) = object_path(&uri)?;
+        let (w, context, overwrite) = write_options(&uri, &headers, app.config.replicas)?;
+        let limit = app.config.max_object_size;
+        params::check_content_length(&headers, limit)?;
+        let (body, etag) = params::read_body_limited(body, limit).await?;
+        let req = PutObject {
+            bucket,
+            name: name.clone(),
+            body,
+            content_type: params::content_type(&headers),
+            file_name: None,
+            etag,
+            context,
+            overwrite,
+            w,
+        };
+        let res = app.backend.put_object(req).await?;
+        let mut f = render::write_result_json(name.as_str(), &res);
+        f.insert("received_by".into(), Value::String(app.node.to_string()));
+        Ok((StatusCode::OK, Json(Value::Object(f))).into_response())
+    };
+    answer(&app.node, inner.await)
+}
+
+/// `DELETE /buckets/{bucket}/{*file}?w=`, with an optional `X-Cairn-Context` (without one, the
+/// delete supersedes what the coordinator holds).
+pub async fn delete_object<B: Backend>(
+    State(app): State<App<B>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let inner = async {
+        let (bucket, name) = object_path(&uri)?;
+        let (w, context, _overwrite) = write_options(&uri, &headers, app.config.replicas)?;
+        let res = app
+            .backend
+            .delete_object(DeleteObject { bucket, name: name.clone(), context, w })
+            .await?;
+        let mut f = render::write_result_json(name.as_str(), &res);
+        f.insert("deleted".into(), Value::Bool(true));
+        f.insert("received_by".into(), Value::String(app.node.to_string()));
+        Ok((StatusCode::OK, Json(Value::Object(f))).into_response())
+    };
+    answer(&app.node, inner.await)
+}
+
+/// `POST /buckets/{bucket}/{*file}` (any name but `files`): names are checked, then 405.
+pub async fn post_object<B: Backend>(State(app): State<App<B>>, uri: Uri) -> Response {
+    let inner = async {
+        object_path(&uri)?;
+        Err(ApiError::MethodNotAllowed(
+            "POST (uploads go to POST /buckets/{bucket}/files; use PUT for one object)".into(),
+        ))
+    };
+    answer(&app.node, inner.await)
+}
+
+/// Maps a multipart stream error: 413 when the body limit fired, else 400.
+fn multipart_error(e: MultipartError, limit: u64) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::EntityTooLarge { limit }
+    } else {
+        ApiError::MalformedMultipart(e.body_text())
+    }
+}
+
+/// `POST /buckets/{bucket}/files?w=&overwrite=`: multipart upload (see MULTIPART UPLOADS).
+pub async fn upload_multipart<B: Backend>(
+    State(app): State<App<B>>,
+    uri: Uri,
+    headers: HeaderMap,
+    multipart: std::result::Result<Multipart, MultipartRejection>,
+) -> Response {
+    let mut stored: Vec<Value> = Vec::new();
+    let result = upload_inner(&app, &uri, &headers, multipart, &mut stored).await;
+    match result {
+        Ok(()) => {
+            let mut f = Map::new();
+            f.insert("files".into(), Value::Array(stored));
+            ok_json(&app.node, f)
+        }
+        Err(e) => {
+            let mut extra = Map::new();
+            extra.insert("files".into(), Value::Array(stored));
+            e.to_response_with(&app.node, extra)
+        }
+    }
+}
+
+async fn upload_inner<B: Backend>(
+    app: &App<B>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    multipart: std::result::Result<Multipart, MultipartRejection>,
+    stored: &mut Vec<Value>,
+) -> Result<()> {
+    let (bucket, _) = bucket_from_path(uri.path())?;
+    let (w, context, overwrite) = write_options(uri, headers, app.config.replicas)?;
+    if context.is_some() {
+        return Err(ApiError::InvalidArgument(
+            "X-Cairn-Context applies to one object: use PUT /buckets/{bucket}/{file}".into(),
+        ));
+    }
+    let request_limit = app.config.max_request_size;
+    params::check_content_length(headers, request_limit)?;
+    let mut multipart = multipart.map_err(|e| ApiError::MalformedMultipart(e.body_text()))?;
+    let mut request_bytes: u64 = 0;
+    while let Some(mut field) =
+        multipart.next_field().await.map_err(|e| multipart_error(e, request_limit))?
+    {
+        let is_file = field.name().is_some_and(|n| FILE_FIELDS.contains(&n));
+        if !is_file {
+            // Other form fields are drained (they still count against the request limit).
+            while let Some(chunk) =
+                field.chunk().await.map_err(|e| multipart_error(e, request_limit))?
+            {
+                request_bytes += chunk.len() as u64;
+                if request_bytes > request_limit {
+                    return Err(ApiError::EntityTooLarge { limit: request_limit });
+                }
+            }
+            continue;
+        }
+        let file_name = field.file_name().map(str::to_string).ok_or_else(|| {
+            ApiError::InvalidObjectName("a file part has no filename (the object name)".into())
+        })?;
+        let name = ObjectName::new(file_name.clone())?;
+        let content_type = field
+            .content_type()
+            .filter(|c| !c.is_empty())
+            .unwrap_or(crate::DEFAULT_CONTENT_TYPE)
+            .to_string();
+        let mut buf = LimitedBuffer::new(app.config.max_object_size);
+        while let Some(chunk) =
+            field.chunk().await.map_err(|e| multipart_error(e, request_limit))?
+        {
+            request_bytes += chunk.len() as u64;
+            if request_bytes > request_limit {
+                return Err(ApiError::EntityTooLarge { limit: request_limit });
+            }
+            buf.push(&chunk)?;
+        }
+        let (body, etag) = buf.finish();
+        let req = PutObject {
+            bucket: bucket.clone(),
+            name: name.clone(),
+            body,
+            content_type,
+            file_name: Some(file_name),
+            etag,
+            context: None,
+            overwrite,
+            w,
+        };
+        let res = app.backend.put_object(req).await?;
+        stored.push(Value::Object(render::write_result_json(name.as_str(), &res)));
+    }
+    if stored.is_empty() {
+        return Err(ApiError::MalformedMultipart(format!(
+            "no file part: send the file in a field named {}",
+            FILE_FIELDS.join(" or ")
+        )));
+    }
+    Ok(())
+}
+
+/// `GET /cluster`: the backend's cluster view.
+pub async fn cluster<B: Backend>(State(app): State<App<B>>) -> Response {
+    let inner = async {
+        let view = app.backend.cluster().await?;
+        let fields = match view {
+            Value::Object(m) => m,
+            other => {
+                let mut m = Map::new();
+                m.insert("cluster".into(), other);
+                m
+            }
+        };
+        Ok(ok_json(&app.node, fields))
+    };
+    answer(&app.node, inner.await)
+}
+
+/// `GET /health`: 200 when healthy, 503 otherwise, JSON either way.
+pub async fn health<B: Backend>(State(app): State<App<B>>) -> Response {
+    let h = app.backend.health().await;
+    let mut body = Map::new();
+    body.insert("success".into(), Value::Bool(h.healthy));
+    body.insert("node".into(), Value::String(app.node.to_string()));
+    body.insert("status".into(), Value::String(if h.healthy { "ok" } else { "unhealthy" }.into()));
+    body.extend(h.details);
+    let status = if h.healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Value::Object(body))).into_response()
+}
+
+/// `GET /metrics`: request metrics, then the backend's own, in Prometheus text.
+pub async fn metrics<B: Backend>(State(app): State<App<B>>) -> Response {
+    let mut text = app.metrics.render();
+    let backend = app.backend.metrics_text();
+    if !backend.is_empty() {
+        text.push_str(&backend);
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    let mut resp = (StatusCode::OK, text).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp
+}
+
+/// Any path without a route: 404 `NoSuchRoute`.
+pub async fn no_route<B: Backend>(State(app): State<App<B>>, method: Method, uri: Uri) -> Response {
+    let shown: String = uri.path().chars().take(200).collect();
+    ApiError::NoSuchRoute(format!("{method} {shown}")).to_response(&app.node)
+}
+
+/// A known path with a method it does not support: 405 `MethodNotAllowed`.
+pub async fn method_not_allowed<B: Backend>(State(app): State<App<B>>, method: Method) -> Response {
+    ApiError::MethodNotAllowed(method.to_string()).to_response(&app.node)
+}

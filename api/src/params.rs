@@ -1,0 +1,203 @@
+//! Query parameters, headers and bodies, read strictly: anything malformed is a 400 with a
+//! code, never a silent default.
+//!
+//! - Query strings are parsed once ([`Params::parse`]); a known parameter given twice is refused
+//!   (which one would win is not obvious to the user); unknown parameters are ignored, so cache
+//!   busters and future clients keep working.
+//! - Flags (`meta`, `local`, `overwrite`) accept `true`/`false`/`1`/`0` and a bare `?meta`.
+//! - `r`/`w` must be integers within `1..=N` ([`crate::ApiConfig::replicas`]).
+//! - `X-Cairn-Context` is decoded with [`Context::from_token`]; a bad token is 400
+//!   `InvalidContext`.
+//! - Bodies are streamed and counted ([`read_body_limited`]); one byte over the limit stops the
+//!   read with 413, before anything is handed to the backend.
+
+use axum::body::Body;
+use axum::extract::Query;
+use axum::http::{HeaderMap, Uri, header};
+use bytes::{Bytes, BytesMut};
+use cairn_replication::Context;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::CONTEXT_HEADER;
+use crate::error::{ApiError, Result};
+use crate::render::etag_from_hasher;
+
+/// The parsed query string of a request.
+#[derive(Debug, Default)]
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// Parses the query string of `uri` (percent- and `+`-decoded).
+    pub fn parse(uri: &Uri) -> Result<Self> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+            .map_err(|e| ApiError::InvalidArgument(format!("bad query string: {e}")))?;
+        Ok(Params(pairs))
+    }
+
+    /// The value of `key`, if given once; 400 if given more than once.
+    pub fn get(&self, key: &str) -> Result<Option<&str>> {
+        let mut found = self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let first = found.next();
+        if found.next().is_some() {
+            return Err(ApiError::InvalidArgument(format!("query parameter {key:?} given twice")));
+        }
+        Ok(first)
+    }
+
+    /// A boolean flag: absent is false; `true`, `1` or a bare `?key` is true; `false`, `0` false.
+    pub fn flag(&self, key: &str) -> Result<bool> {
+        match self.get(key)? {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(other) => Err(ApiError::InvalidArgument(format!(
+                "{key} must be true or false, not {:?}",
+                other.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+
+    /// A per-request quorum (`r` or `w`) within `1..=n`.
+    pub fn quorum(&self, key: &str, n: usize) -> Result<Option<usize>> {
+        let Some(v) = self.get(key)? else { return Ok(None) };
+        match v.parse::<usize>() {
+            Ok(q) if (1..=n).contains(&q) => Ok(Some(q)),
+            _ => Err(ApiError::InvalidArgument(format!(
+                "{key} must be an integer from 1 to {n} (the replication factor N), not {:?}",
+                v.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+
+    /// A positive integer no larger than `max`, or `default` when absent.
+    pub fn bounded(&self, key: &str, default: usize, max: usize) -> Result<usize> {
+        let Some(v) = self.get(key)? else { return Ok(default) };
+        match v.parse::<usize>() {
+            Ok(x) if (1..=max).contains(&x) => Ok(x),
+            _ => Err(ApiError::InvalidArgument(format!(
+                "{key} must be an integer from 1 to {max}, not {:?}",
+                v.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+}
+
+/// The causal context sent in `X-Cairn-Context`, if any.
+pub fn context_from_headers(headers: &HeaderMap) -> Result<Option<Context>> {
+    let mut values = headers.get_all(CONTEXT_HEADER).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidContext("X-Cairn-Context given twice".into()));
+    }
+    let token =
+        value.to_str().map_err(|_| ApiError::InvalidContext("the header is not ASCII".into()))?;
+    Ok(Some(Context::from_token(token.trim())?))
+}
+
+/// The request's `Content-Type`, or `application/octet-stream`.
+pub fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or(crate::DEFAULT_CONTENT_TYPE)
+        .to_string()
+}
+
+/// Refuses at once a body whose declared `Content-Length` is over `limit` (413 without reading).
+pub fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<()> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > limit => Err(ApiError::EntityTooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
+/// Counts bytes and computes the ETag of a body arriving in chunks, refusing it past `limit`.
+#[derive(Debug)]
+pub struct LimitedBuffer {
+    buf: BytesMut,
+    hasher: Sha256,
+    limit: u64,
+}
+
+impl LimitedBuffer {
+    /// An empty buffer that accepts at most `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        LimitedBuffer { buf: BytesMut::new(), hasher: Sha256::new(), limit }
+    }
+
+    /// Appends a chunk; 413 `EntityTooLarge` (and the buffer is to be dropped) past the limit.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<()> {
+        let total = self.buf.len() as u64 + chunk.len() as u64;
+        if total > self.limit {
+            return Err(ApiError::EntityTooLarge { limit: self.limit });
+        }
+        self.hasher.update(chunk);
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// The complete body and its ETag.
+    pub fn finish(self) -> (Bytes, String) {
+        (self.buf.freeze(), etag_from_hasher(self.hasher))
+    }
+}
+
+/// Reads a raw request body of at most `limit` bytes, streaming; returns it with its ETag.
+pub async fn read_body_limited(body: Body, limit: u64) -> Result<(Bytes, String)> {
+    let mut stream = body.into_data_stream();
+    let mut buf = LimitedBuffer::new(limit);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::InvalidArgument(format!("the request body could not be read: {e}"))
+        })?;
+        buf.push(&chunk)?;
+    }
+    Ok(buf.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(q: &str) -> Params {
+        Params::parse(&format!("/x?{q}").parse::<Uri>().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn quorum_bounds() {
+        assert_eq!(params("r=1").quorum("r", 3).unwrap(), Some(1));
+        assert_eq!(params("r=3").quorum("r", 3).unwrap(), Some(3));
+        assert_eq!(params("").quorum("r", 3).unwrap(), None);
+        for bad in ["r=0", "r=4", "r=-1", "r=x", "r=", "r=1&r=2", "r=99999999999999999999999"] {
+            let e = params(bad).quorum("r", 3).unwrap_err();
+            assert_eq!(e.code(), "InvalidArgument", "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags() {
+        assert!(params("meta").flag("meta").unwrap());
+        assert!(params("meta=true").flag("meta").unwrap());
+        assert!(!params("meta=0").flag("meta").unwrap());
+        assert!(!params("other=1").flag("meta").unwrap());
+        assert!(params("meta=yes").flag("meta").is_err());
+    }
+
+    #[test]
+    fn limited_buffer_refuses_one_byte_over() {
+        let mut b = LimitedBuffer::new(4);
+        b.push(b"ab").unwrap();
+        b.push(b"cd").unwrap();
+        assert_eq!(b.push(b"e").unwrap_err().code(), "EntityTooLarge");
+        let mut b = LimitedBuffer::new(4);
+        b.push(b"abcd").unwrap();
+        let (bytes, etag) = b.finish();
+        assert_eq!(&bytes[..], b"abcd");
+        assert_eq!(etag, crate::render::etag_of(b"abcd"));
+    }
+}
