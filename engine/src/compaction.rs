@@ -169,6 +169,27 @@ impl Outputs<'_> {
     }
 }
 
+/// Removes a directory when dropped, unless disarmed.
+struct TmpDirGuard {
+    path: Option<PathBuf>,
+}
+
+impl TmpDirGuard {
+    fn disarm(&mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for TmpDirGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take()
+            && let Err(e) = fs::remove_dir_all(&p)
+        {
+            tracing::warn!(error = %e, dir = %p.display(), "could not remove partial compaction outputs");
+        }
+    }
+}
+
 fn sync_dir(sync: &dyn FileSync, dir: &Path) -> Result<()> {
     let d = File::open(dir).ctx(|| format!("opening {}", dir.display()))?;
     sync.sync_dir(&d).ctx(|| format!("syncing directory {}", dir.display()))
@@ -233,6 +254,8 @@ pub(crate) fn compact(
         fs::remove_dir_all(&tmp).ctx(|| format!("removing {}", tmp.display()))?;
     }
     fs::create_dir(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+    // Until the commit point, any early return (an I/O error, shutdown) removes the partial outputs.
+    let mut cleanup = TmpDirGuard { path: Some(tmp.clone()) };
 
     let now = inner.opts.clock.now_ms();
     let grace_ms = u64::try_from(inner.opts.tombstone_grace.as_millis()).unwrap_or(u64::MAX);
@@ -295,7 +318,6 @@ pub(crate) fn compact(
                 }
                 if inner.shutting_down() {
                     drop(out);
-                    let _ = fs::remove_dir_all(&tmp);
                     return Err(Error::ShuttingDown);
                 }
             }
@@ -312,7 +334,10 @@ pub(crate) fn compact(
     sync_dir(sync, &tmp)?;
     report.segments_written = lens.len() as u64;
     report.bytes_after = lens.iter().sum();
-    inner.crash_point(CompactionStep::OutputsWritten)?;
+    if let Err(e) = inner.crash_point(CompactionStep::OutputsWritten) {
+        cleanup.disarm(); // a crash leaves the files as they are
+        return Err(e);
+    }
 
     // Commit point.
     let commit = CommitRecord {
@@ -324,7 +349,13 @@ pub(crate) fn compact(
         .ok_or_else(|| Error::corrupt("commit", "too large"))?;
     hint::write_atomic(&dir.join(COMMIT_FILE), &framed, Some(sync))
         .ctx(|| "writing the compaction commit file")?;
-    sync_dir(sync, &dir)?;
+    // The commit file is in place: from here the outputs belong to it, and a failure must poison the
+    // engine so that the next open (which replays the commit) happens before anything else.
+    cleanup.disarm();
+    if let Err(e) = sync_dir(sync, &dir) {
+        inner.poison();
+        return Err(e);
+    }
     inner.crash_point(CompactionStep::Committed)?;
 
     // Past the commit point the compaction must complete: if switching fails, the engine is poisoned

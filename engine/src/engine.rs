@@ -419,6 +419,8 @@ impl Stats {
 /// - With `SyncPolicy::Always`, a write returns `Ok` only after an fdatasync that covers it.
 /// - After a failed sync no write returns `Ok` again (poisoned).
 pub struct Engine {
+    /// Everything shared with the background threads (each holds a clone of the `Arc`). They exit when
+    /// `Engine::drop` sets `Inner::shutdown`, so the last clone goes away with the engine.
     pub(crate) inner: Arc<Inner>,
     /// Background threads (interval syncer, compactor); joined in `drop` after setting `shutdown`.
     threads: Vec<JoinHandle<()>>,

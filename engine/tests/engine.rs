@@ -459,3 +459,27 @@ fn inspect_lists_records_and_json_escapes_keys() {
     assert_eq!(report.records_ok, 2);
     assert!(report.to_string().ends_with("CLEAN"), "{report}");
 }
+
+/// A compaction that fails before its commit point (here: its output cannot be synced) changes
+/// nothing: the engine stays healthy, the partial outputs are removed, and a later compaction works.
+#[test]
+fn a_compaction_failing_before_its_commit_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Arc::new(FlakySync { fail: AtomicBool::new(false), calls: AtomicU64::new(0) });
+    let e =
+        Engine::open(dir.path(), Options { file_sync: flaky.clone(), ..small_segments() }).unwrap();
+    for i in 0..100u32 {
+        e.put(Keyspace::Object, format!("k{}", i % 10).as_bytes(), &i.to_le_bytes()).unwrap();
+    }
+    flaky.fail.store(true, Ordering::SeqCst);
+    assert!(matches!(e.compact(&mut |_| {}), Err(Error::Io { .. })));
+    assert!(flaky.calls.load(Ordering::SeqCst) > 0);
+    assert!(e.is_healthy());
+    assert!(!dir.path().join("compact.tmp").exists());
+    flaky.fail.store(false, Ordering::SeqCst);
+    e.compact(&mut |_| {}).unwrap();
+    for k in 0..10u32 {
+        let v = e.get(Keyspace::Object, format!("k{k}").as_bytes()).unwrap().unwrap();
+        assert_eq!(&*v, &(90 + k).to_le_bytes());
+    }
+}
