@@ -148,6 +148,7 @@ impl Membership {
         config: MembershipConfig,
     ) -> Result<(MembershipHandle, mpsc::Receiver<InboundRequest>)> {
         config.validate()?;
+        ensure_port_free(&config.listen)?;
         let keypair = load_or_create_keypair(&config.data_dir)?;
         let incarnation = next_incarnation(&config.data_dir)?;
         let local_peer = keypair.public().to_peer_id();
@@ -288,6 +289,30 @@ impl Membership {
             }),
         };
         Ok((handle, inbound_rx))
+    }
+}
+
+/// libp2p-tcp sets SO_REUSEPORT on listening sockets, so a second process can bind a port that
+/// a running node already uses and the kernel would then split incoming connections between
+/// them. Binding the port once with a plain socket first turns that misconfiguration into an
+/// error at start. (A tiny race remains between this probe and libp2p's bind.)
+fn ensure_port_free(listen: &Multiaddr) -> Result<()> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    let mut port = None;
+    for p in listen.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    match (ip, port) {
+        (Some(ip), Some(port)) if port != 0 => std::net::TcpListener::bind((ip, port))
+            .map(drop)
+            .map_err(|e| Error::Setup(format!("cannot listen on {listen}: {e}"))),
+        _ => Ok(()),
     }
 }
 
@@ -681,7 +706,11 @@ impl Task {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
-                if num_established == 0
+                // An I/O error (peer process died, connection reset) is evidence; a close for
+                // idleness (KeepAliveTimeout) or a local close (cause None) is not.
+                let failed = matches!(cause, Some(libp2p::swarm::ConnectionError::IO(_)));
+                if failed
+                    && num_established == 0
                     && let Some(node) = self.table.node_of_peer(&peer_id.to_string())
                 {
                     let node = node.to_owned();

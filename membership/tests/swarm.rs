@@ -274,3 +274,20 @@ async fn silent_peer_times_out_and_becomes_suspect() {
         h.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_in_use_and_bad_config_fail_at_start() {
+    let s = secret("test cluster secret number five");
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let (h1, _rx1) = start("n1", d1.path(), None, s).await;
+    let mut c = config("n2", d2.path(), s);
+    c.listen = h1.listen_addrs()[0].clone();
+    let err = Membership::start(c.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::Setup(_)), "{err}");
+    c.node_id = String::new();
+    assert!(matches!(Membership::start(c).await.unwrap_err(), Error::Config(_)));
+    h1.shutdown().await;
+    // After shutdown the handle refuses work instead of hanging.
+    assert!(matches!(h1.request("n2", Bytes::new()).await, Err(Error::Shutdown)));
+}
