@@ -1,0 +1,150 @@
+//! The node-to-node protocol carried by the membership transport's request/response channel.
+//!
+//! PROTOCOL
+//! ========
+//! Every message is one rmp-serde encoded [`Request`] answered by one [`Response`]. Sibling sets
+//! travel whole (values are inline, bounded by the maximum object size, and the transport enforces
+//! its own message size limit). Every request is idempotent, so a retry after a timeout is safe:
+//! - `Replicate` merges a set into the receiver's replica (write fan-out, read repair, hint
+//!   delivery); with `hint_for` the receiver stores it as a hint for that owner instead.
+//!   Answer: `Ack` with the receiver's version vector for the key after the merge.
+//! - `Read` asks for the receiver's set of a key (its replica merged with hints it holds).
+//! - `Coordinate` hands a client write to the first reachable owner, which coordinates it.
+//! - `BucketReplicate` / `BucketRegistry` replicate the bucket registry to every node.
+//! - `List` asks for the receiver's live object names of one bucket incarnation.
+//!
+//! Errors come back as `Response::Error` with a stable code; transport failures (timeout,
+//! unreachable) are the transport's errors.
+
+use cairn_replication::{Meta, SiblingSet, VersionVector};
+use serde::{Deserialize, Serialize};
+
+use crate::node::buckets::BucketEntry;
+use crate::node::keys::ObjectKey;
+
+/// A request from one node to another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Merge `set` into the replica of `key` (or into a hint for `hint_for`).
+    Replicate {
+        /// The object.
+        key: ObjectKey,
+        /// The sibling set to merge.
+        set: SiblingSet,
+        /// When the receiver stands in for an unreachable owner: that owner.
+        hint_for: Option<String>,
+    },
+    /// Send back the receiver's sibling set of `key`.
+    Read {
+        /// The object.
+        key: ObjectKey,
+    },
+    /// Coordinate this client write.
+    Coordinate(WriteRequest),
+    /// Merge `set` into the registry entry of bucket `name` (or a hint for `hint_for`).
+    BucketReplicate {
+        /// Bucket name.
+        name: String,
+        /// The registry entry's sibling set.
+        set: SiblingSet<BucketEntry>,
+        /// When the receiver stands in for an unreachable node: that node.
+        hint_for: Option<String>,
+    },
+    /// Send back the whole bucket registry (registry anti-entropy).
+    BucketRegistry,
+    /// Send back live object names of one bucket incarnation, in order.
+    List {
+        /// Bucket name.
+        bucket: String,
+        /// Bucket incarnation.
+        incarnation: u64,
+        /// Only names starting with this.
+        prefix: String,
+        /// Only names after this one.
+        start_after: Option<String>,
+        /// At most this many names.
+        limit: u32,
+    },
+}
+
+/// What a client write does to an object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Store a new version.
+    Put {
+        /// Its metadata.
+        meta: Meta,
+        /// Its content.
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// Delete (write a tombstone).
+    Delete {
+        /// Time of the delete at the node that received it, ms since the epoch.
+        timestamp_ms: u64,
+    },
+}
+
+/// A client write, as forwarded to its coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteRequest {
+    /// The object.
+    pub key: ObjectKey,
+    /// What to write.
+    pub op: WriteOp,
+    /// The causal context the client read (`None`: a blind write, kept beside what exists).
+    pub context: Option<VersionVector>,
+    /// Use the coordinator's current version vector as the context.
+    pub overwrite: bool,
+    /// Write quorum for this request.
+    pub w: usize,
+    /// Resolve siblings by last-write-wins after the write (`lww` buckets).
+    pub lww: bool,
+    /// Nodes the forwarding node skipped as unreachable before choosing this coordinator; the
+    /// coordinator treats them as unreachable too, so it is the first target of its own plan.
+    pub excluded: Vec<String>,
+}
+
+/// An answer from one node to another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    /// The set was merged; the replica's version vector for the key is now `vv`.
+    Ack {
+        /// The replica's version vector after the merge.
+        vv: VersionVector,
+    },
+    /// The receiver's set for a key (`None` if it has nothing).
+    Set {
+        /// The set.
+        set: Option<SiblingSet>,
+    },
+    /// The outcome of a coordinated write.
+    Written(Box<crate::node::coordinator::WriteOutcome>),
+    /// The whole bucket registry.
+    Registry {
+        /// Every bucket name with its registry entry's set.
+        entries: Vec<(String, SiblingSet<BucketEntry>)>,
+    },
+    /// Live object names.
+    Names {
+        /// Names in order.
+        names: Vec<String>,
+    },
+    /// The request failed at the receiver.
+    Error {
+        /// Stable error code.
+        code: String,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// Encodes a message for the transport.
+pub fn encode<T: Serialize>(msg: &T) -> Result<bytes::Bytes, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(msg).map(bytes::Bytes::from)
+}
+
+/// Decodes a message from the transport; malformed bytes are an error, never a panic.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}

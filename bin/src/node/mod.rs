@@ -1,0 +1,159 @@
+//! The Cairn node: the replication core driven over the engine and the membership transport.
+//!
+//! NODE
+//! ====
+//! One [`Node`] per process. It owns the local [`Store`] (the engine), the [`Ring`] computed from
+//! the configured members, the membership view (who is up), the [`Transport`] to the other nodes
+//! and the [`HintBook`]. The protocol decisions (targets, quorums, read repair, hints) come from
+//! `cairn_replication`'s sans-IO state machines; this module only moves data between them, the
+//! disk and the network:
+//! - [`coordinator`]: client writes and reads (forwarding to the first reachable owner, the sloppy
+//!   quorum fan-out, read repair), bucket operations and listings.
+//! - [`server`]: answering other nodes' requests.
+//! - [`handoff`]: delivering hints when their owner is back, and the registry anti-entropy.
+//! - [`store`], [`keys`], [`buckets`], [`messages`]: the local data and the wire protocol.
+
+pub mod buckets;
+pub mod coordinator;
+pub mod error;
+pub mod handoff;
+pub mod identity;
+pub mod keys;
+pub mod messages;
+pub mod metrics;
+pub mod server;
+pub mod store;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_membership::{MemberStatus, MemberView, Transport};
+use cairn_replication::{Actor, HintBook, NodeId, Ring};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+pub use error::NodeError;
+use keys::{HintKey, ObjectKey};
+use store::Store;
+
+/// Default bound on one coordinated request (all replicas' answers).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default most concurrent versions of one object.
+pub const DEFAULT_MAX_SIBLINGS: usize = 64;
+
+/// The replication settings of a node.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node's id.
+    pub id: NodeId,
+    /// The ring members (the same list on every node).
+    pub members: Vec<NodeId>,
+    /// Number of ring partitions (power of two).
+    pub partitions: u32,
+    /// Replicas per object (N).
+    pub n: usize,
+    /// Default read quorum (R).
+    pub r: usize,
+    /// Default write quorum (W).
+    pub w: usize,
+    /// Bound on one coordinated request.
+    pub request_timeout: Duration,
+    /// Most concurrent versions of one object; a write that would exceed it is refused.
+    pub max_siblings: usize,
+}
+
+/// A running node's shared state. Cheap to clone through `Arc`.
+pub struct Node<T: Transport> {
+    /// Settings.
+    pub settings: Settings,
+    /// The actor (node id + epoch) whose dots this node's writes carry.
+    pub actor: Actor,
+    /// The ring, fixed for the life of the process.
+    pub ring: Ring,
+    /// Local data.
+    pub store: Store,
+    /// Sends requests to other nodes.
+    pub transport: T,
+    /// The membership view, published by the membership task (the sender). Read for every
+    /// request to know who is reachable; closed only when membership stops.
+    view: watch::Receiver<MemberView>,
+    /// Index of the hints held, rebuilt from the engine at start; shared by the write path
+    /// (records), the handoff task (takes and acknowledges) and `/cluster` (counts). A mutex,
+    /// because every access is a short in-memory update.
+    pub hints: Mutex<HintBook<HintKey>>,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::Metrics,
+}
+
+impl<T: Transport> Node<T> {
+    /// Assembles a node and rebuilds its hint book from the engine.
+    pub fn new(
+        settings: Settings,
+        actor: Actor,
+        store: Store,
+        transport: T,
+        view: watch::Receiver<MemberView>,
+    ) -> Result<Arc<Self>, NodeError> {
+        let ring = Ring::new(&settings.members, settings.partitions, settings.n)?;
+        let mut book = HintBook::new();
+        for (owner, key, vv) in store.all_hints()? {
+            match NodeId::new(owner.clone()) {
+                Ok(owner) => book.record(key, owner, &vv),
+                Err(_) => tracing::warn!(owner, "ignoring hints for an invalid node id"),
+            }
+        }
+        if !book.is_empty() {
+            tracing::info!(hints = book.len(), "hints loaded from the data directory");
+        }
+        Ok(Arc::new(Node {
+            settings,
+            actor,
+            ring,
+            store,
+            transport,
+            view,
+            hints: Mutex::new(book),
+            metrics: metrics::Metrics::default(),
+        }))
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.settings.id
+    }
+
+    /// The current membership view.
+    pub fn view(&self) -> MemberView {
+        self.view.borrow().clone()
+    }
+
+    /// Ring members believed reachable now (status up), this node included.
+    pub fn reachable(&self) -> BTreeSet<NodeId> {
+        let view = self.view.borrow();
+        let mut out: BTreeSet<NodeId> = self
+            .settings
+            .members
+            .iter()
+            .filter(|m| view.status(m.as_str()) == Some(MemberStatus::Up))
+            .cloned()
+            .collect();
+        out.insert(self.settings.id.clone());
+        out
+    }
+
+    /// The extended preference list of an object.
+    pub fn extended(&self, key: &ObjectKey) -> Vec<NodeId> {
+        self.ring.extended_preference_list(self.ring.partition_of(key.hash()))
+    }
+
+    /// Ring member ids as strings.
+    pub fn member_names(&self) -> Vec<String> {
+        self.settings.members.iter().map(|m| m.as_str().to_owned()).collect()
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (metadata and `lww` only; never causality).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,367 @@
+//! The local replica: sibling sets, hints and the bucket registry in the engine.
+//!
+//! Every function here is synchronous and may block on disk (with `SyncPolicy::Always` a write
+//! waits for the group commit): async callers run them through `spawn_blocking`
+//! ([`Store::blocking`]). Each read-merge-write goes through [`Engine::update`], which is atomic
+//! per key, so concurrent writers of one key never lose each other's siblings.
+
+use std::sync::Arc;
+
+use cairn_engine::{Engine, Keyspace, Update, UpdateOutcome};
+use cairn_replication::{SiblingSet, VersionVector};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::node::buckets::BucketEntry;
+use crate::node::error::NodeError;
+use crate::node::keys::{HintKey, ObjectKey, owner_prefix};
+
+/// Most hints read for one owner in one delivery round.
+pub const HINT_SCAN_BATCH: usize = 256;
+
+/// The node's local data.
+#[derive(Clone)]
+pub struct Store {
+    /// The engine, shared with the HTTP handlers (reads) and the background tasks (handoff,
+    /// registry sync). Dropped last when the node stops, which syncs and releases the lock.
+    engine: Arc<Engine>,
+}
+
+fn decode_set<V: DeserializeOwned + Clone>(bytes: &[u8]) -> Result<SiblingSet<V>, NodeError> {
+    rmp_serde::from_slice(bytes).map_err(|e| NodeError::Corrupt(format!("stored sibling set: {e}")))
+}
+
+fn encode_set<V: Serialize + Clone>(set: &SiblingSet<V>) -> Result<Vec<u8>, NodeError> {
+    rmp_serde::to_vec(set).map_err(|e| NodeError::Internal(format!("encoding sibling set: {e}")))
+}
+
+/// Merges `incoming` into the set stored under (`ks`, `key`) and returns the merged set.
+fn merge_into<V>(
+    engine: &Engine,
+    ks: Keyspace,
+    key: &[u8],
+    incoming: &SiblingSet<V>,
+) -> Result<SiblingSet<V>, NodeError>
+where
+    V: Serialize + DeserializeOwned + Clone + PartialEq,
+{
+    let mut merged = None;
+    let outcome = engine.update(ks, key, |old| {
+        let mut set = match old {
+            Some(bytes) => decode_set::<V>(bytes)?,
+            None => SiblingSet::new(),
+        };
+        let before = set.clone();
+        set.merge(incoming);
+        let keep = old.is_some() && set == before;
+        let bytes = if keep { None } else { Some(encode_set(&set)?) };
+        merged = Some(set);
+        Ok::<_, NodeError>(match bytes {
+            Some(b) => Update::Put(b),
+            None => Update::Keep,
+        })
+    })?;
+    if let UpdateOutcome::Aborted(e) = outcome {
+        return Err(e);
+    }
+    merged.ok_or_else(|| NodeError::Internal("merge closure did not run".into()))
+}
+
+impl Store {
+    /// Wraps an open engine.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Store { engine }
+    }
+
+    /// The engine (stats, health).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Runs `f` on the blocking pool (engine calls may wait for an fdatasync).
+    pub async fn blocking<R, F>(&self, f: F) -> Result<R, NodeError>
+    where
+        F: FnOnce(&Store) -> Result<R, NodeError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| NodeError::Internal(format!("storage task failed: {e}")))?
+    }
+
+    /// The coordinator's step of a write: applies `f` (a DVV update by this node's actor) to the
+    /// stored set atomically and returns the new set.
+    pub fn coordinate(
+        &self,
+        key: &ObjectKey,
+        f: impl FnOnce(&mut SiblingSet) -> Result<(), NodeError>,
+    ) -> Result<SiblingSet, NodeError> {
+        let mut result = None;
+        let outcome = self.engine.update(Keyspace::Object, &key.encode(), |old| {
+            let mut set = match old {
+                Some(bytes) => decode_set(bytes)?,
+                None => SiblingSet::new(),
+            };
+            f(&mut set)?;
+            let bytes = encode_set(&set)?;
+            result = Some(set);
+            Ok::<_, NodeError>(Update::Put(bytes))
+        })?;
+        if let UpdateOutcome::Aborted(e) = outcome {
+            return Err(e);
+        }
+        result.ok_or_else(|| NodeError::Internal("update closure did not run".into()))
+    }
+
+    /// Merges a set into this node's replica of `key`; returns the replica's version vector.
+    pub fn apply(&self, key: &ObjectKey, set: &SiblingSet) -> Result<VersionVector, NodeError> {
+        Ok(merge_into(&self.engine, Keyspace::Object, &key.encode(), set)?.join())
+    }
+
+    /// Merges a set into the hint held for `owner`; returns the hint's version vector.
+    pub fn store_hint(
+        &self,
+        owner: &str,
+        key: &ObjectKey,
+        set: &SiblingSet,
+    ) -> Result<VersionVector, NodeError> {
+        let hk = HintKey::Object(key.clone()).encode(owner);
+        Ok(merge_into(&self.engine, Keyspace::Hint, &hk, set)?.join())
+    }
+
+    /// This node's own replica of `key`, without hints.
+    pub fn replica(&self, key: &ObjectKey) -> Result<Option<SiblingSet>, NodeError> {
+        match self.engine.get(Keyspace::Object, &key.encode())? {
+            Some(v) => Ok(Some(decode_set(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// What this node holds for `key`: its replica merged with every hint it holds for the key
+    /// (a read during an outage sees data held by fallbacks). `owners` are the ring members.
+    pub fn read(
+        &self,
+        key: &ObjectKey,
+        owners: &[String],
+    ) -> Result<Option<SiblingSet>, NodeError> {
+        let mut out = self.replica(key)?;
+        let hint = HintKey::Object(key.clone());
+        for owner in owners {
+            if let Some(v) = self.engine.get(Keyspace::Hint, &hint.encode(owner))? {
+                let set: SiblingSet = decode_set(&v)?;
+                match &mut out {
+                    Some(s) => s.merge(&set),
+                    None => out = Some(set),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every hint held, as (owner, key, version) — to rebuild the hint book at start-up.
+    pub fn all_hints(&self) -> Result<Vec<(String, HintKey, VersionVector)>, NodeError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let page =
+                self.engine.scan_prefix(Keyspace::Hint, b"", cursor.as_deref(), HINT_SCAN_BATCH)?;
+            let Some((last, _)) = page.last() else { break };
+            cursor = Some(last.clone());
+            for (k, v) in &page {
+                let Some((owner, hk)) = HintKey::decode(k) else {
+                    tracing::warn!(key = ?k, "skipping an unreadable hint key");
+                    continue;
+                };
+                let vv = match &hk {
+                    HintKey::Object(_) => decode_set::<cairn_replication::Sibling>(v)?.join(),
+                    HintKey::Bucket(_) => decode_set::<BucketEntry>(v)?.join(),
+                };
+                out.push((owner, hk, vv));
+            }
+            if page.len() < HINT_SCAN_BATCH {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of hints held for `owner` (from the engine's keydir, no value reads).
+    pub fn hint_count(&self, owner: &str) -> usize {
+        self.engine.keys_with_prefix(Keyspace::Hint, &owner_prefix(owner), None, usize::MAX).len()
+    }
+
+    /// The hinted object set held for (`owner`, `key`).
+    pub fn hinted_object(
+        &self,
+        owner: &str,
+        key: &ObjectKey,
+    ) -> Result<Option<SiblingSet>, NodeError> {
+        let hk = HintKey::Object(key.clone()).encode(owner);
+        match self.engine.get(Keyspace::Hint, &hk)? {
+            Some(v) => Ok(Some(decode_set(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The hinted registry set held for (`owner`, bucket `name`).
+    pub fn hinted_bucket(
+        &self,
+        owner: &str,
+        name: &str,
+    ) -> Result<Option<SiblingSet<BucketEntry>>, NodeError> {
+        let hk = HintKey::Bucket(name.to_owned()).encode(owner);
+        match self.engine.get(Keyspace::Hint, &hk)? {
+            Some(v) => Ok(Some(decode_set(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes the hint for (`owner`, `key`) if its stored version is covered by `delivered`
+    /// (the owner acknowledged at least that much). A newer write merged into the hint while the
+    /// delivery was in flight keeps it. Returns whether it was removed.
+    pub fn remove_hint_if_delivered(
+        &self,
+        owner: &str,
+        key: &HintKey,
+        delivered: &VersionVector,
+    ) -> Result<bool, NodeError> {
+        let hk = key.encode(owner);
+        let outcome = self.engine.update(Keyspace::Hint, &hk, |old| {
+            let Some(bytes) = old else { return Ok::<_, NodeError>(Update::Keep) };
+            let stored = match key {
+                HintKey::Object(_) => decode_set::<cairn_replication::Sibling>(bytes)?.join(),
+                HintKey::Bucket(_) => decode_set::<BucketEntry>(bytes)?.join(),
+            };
+            Ok(if delivered.descends(&stored) { Update::Delete } else { Update::Keep })
+        })?;
+        match outcome {
+            UpdateOutcome::Deleted => Ok(true),
+            UpdateOutcome::Aborted(e) => Err(e),
+            _ => Ok(false),
+        }
+    }
+
+    /// The registry entry of bucket `name`.
+    pub fn bucket(&self, name: &str) -> Result<Option<SiblingSet<BucketEntry>>, NodeError> {
+        match self.engine.get(Keyspace::Bucket, name.as_bytes())? {
+            Some(v) => Ok(Some(decode_set(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies a coordinator step to the registry entry of `name`; returns the new set.
+    pub fn coordinate_bucket(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut SiblingSet<BucketEntry>) -> Result<(), NodeError>,
+    ) -> Result<SiblingSet<BucketEntry>, NodeError> {
+        let mut result = None;
+        let outcome = self.engine.update(Keyspace::Bucket, name.as_bytes(), |old| {
+            let mut set = match old {
+                Some(bytes) => decode_set(bytes)?,
+                None => SiblingSet::new(),
+            };
+            f(&mut set)?;
+            let bytes = encode_set(&set)?;
+            result = Some(set);
+            Ok::<_, NodeError>(Update::Put(bytes))
+        })?;
+        if let UpdateOutcome::Aborted(e) = outcome {
+            return Err(e);
+        }
+        result.ok_or_else(|| NodeError::Internal("update closure did not run".into()))
+    }
+
+    /// Merges a registry set into the entry of `name`; returns the merged set.
+    pub fn apply_bucket(
+        &self,
+        name: &str,
+        set: &SiblingSet<BucketEntry>,
+    ) -> Result<SiblingSet<BucketEntry>, NodeError> {
+        merge_into(&self.engine, Keyspace::Bucket, name.as_bytes(), set)
+    }
+
+    /// Merges a registry set into the hint held for `owner`.
+    pub fn store_bucket_hint(
+        &self,
+        owner: &str,
+        name: &str,
+        set: &SiblingSet<BucketEntry>,
+    ) -> Result<VersionVector, NodeError> {
+        let hk = HintKey::Bucket(name.to_owned()).encode(owner);
+        Ok(merge_into(&self.engine, Keyspace::Hint, &hk, set)?.join())
+    }
+
+    /// The whole registry.
+    pub fn registry(&self) -> Result<Vec<(String, SiblingSet<BucketEntry>)>, NodeError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let page = self.engine.scan_prefix(Keyspace::Bucket, b"", cursor.as_deref(), 1024)?;
+            let Some((last, _)) = page.last() else { break };
+            cursor = Some(last.clone());
+            let full = page.len() == 1024;
+            for (k, v) in page {
+                match String::from_utf8(k) {
+                    Ok(name) => out.push((name, decode_set(&v)?)),
+                    Err(_) => tracing::warn!("skipping a registry entry with a non-UTF-8 name"),
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Live object names of one bucket incarnation in this replica, in order.
+    pub fn list(
+        &self,
+        bucket: &str,
+        incarnation: u64,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, NodeError> {
+        let base = crate::node::keys::bucket_prefix(bucket, incarnation);
+        let mut full_prefix = base.clone();
+        full_prefix.extend_from_slice(prefix.as_bytes());
+        let mut cursor = start_after.map(|s| {
+            let mut c = base.clone();
+            c.extend_from_slice(s.as_bytes());
+            c
+        });
+        let mut names = Vec::new();
+        // Pages, because names whose every sibling is a tombstone are skipped.
+        while names.len() < limit {
+            let want = (limit - names.len()).max(16);
+            let page =
+                self.engine.scan_prefix(Keyspace::Object, &full_prefix, cursor.as_deref(), want)?;
+            let Some((last, _)) = page.last() else { break };
+            cursor = Some(last.clone());
+            let exhausted = page.len() < want;
+            for (k, v) in page {
+                let set: SiblingSet = decode_set(&v)?;
+                if set.is_deleted() {
+                    continue;
+                }
+                if let Some(key) = ObjectKey::decode(&k) {
+                    names.push(key.name);
+                    if names.len() == limit {
+                        break;
+                    }
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok(names)
+    }
+
+    /// Makes every write so far durable.
+    pub fn sync(&self) -> Result<(), NodeError> {
+        Ok(self.engine.sync()?)
+    }
+}
