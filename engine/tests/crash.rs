@@ -339,3 +339,26 @@ fn writes_during_compaction_win_over_compacted_copies() {
         );
     }
 }
+
+/// A flipped byte in the middle of the active segment is skipped, not treated as a torn tail: the
+/// records after it (acknowledged writes) survive.
+#[test]
+fn corruption_inside_the_active_segment_does_not_truncate_later_records() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = Engine::open(dir.path(), opts()).unwrap();
+        for k in [&b"first"[..], b"second", b"third"] {
+            e.put(Keyspace::Object, k, b"value").unwrap();
+        }
+    }
+    let off = offset_of(dir.path(), 1, b"second") as usize;
+    let mut bytes = std::fs::read(seg(dir.path(), 1)).unwrap();
+    let len = bytes.len();
+    bytes[off + 26] ^= 0x01; // inside the key "second"
+    std::fs::write(seg(dir.path(), 1), &bytes).unwrap();
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    assert_eq!(e.get(Keyspace::Object, b"second").unwrap(), None);
+    assert_eq!(&*e.get(Keyspace::Object, b"third").unwrap().unwrap(), b"value");
+    assert_eq!(e.stats().corrupt_records_skipped, 1);
+    assert_eq!(std::fs::metadata(seg(dir.path(), 1)).unwrap().len(), len as u64, "not truncated");
+}
