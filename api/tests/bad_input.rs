@@ -1,0 +1,298 @@
+//! Every bad input of issue 5 gets the right status and error code, changes nothing, and the
+//! router keeps serving afterwards.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use bytes::Bytes;
+use common::*;
+
+/// Bad bucket names: `..`, `../etc` (raw and encoded), upper case, too long, an IP address,
+/// too short, bad characters — on create, listing, object writes and uploads.
+#[tokio::test]
+async fn invalid_bucket_names_are_400_and_create_nothing() {
+    let (app, backend) = app();
+    let long = "a".repeat(64);
+    let bad = [
+        "..",
+        "..%2Fetc",
+        "%2E%2E",
+        "Photos",
+        long.as_str(),
+        "192.168.1.1",
+        "ab",
+        "a_b",
+        "-abc",
+        "abc-",
+        "a..b",
+        "%FF%FEabc",
+        "abc%00",
+    ];
+    for b in bad {
+        for (method, uri) in [
+            (Method::POST, format!("/buckets/{b}")),
+            (Method::DELETE, format!("/buckets/{b}")),
+            (Method::GET, format!("/buckets/{b}")),
+            (Method::PUT, format!("/buckets/{b}/obj")),
+            (Method::GET, format!("/buckets/{b}/obj")),
+            (Method::DELETE, format!("/buckets/{b}/obj")),
+        ] {
+            let a = send(&app, req_body(method.clone(), &uri, "data")).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{method} {uri}");
+            assert_eq!(a.code(), "InvalidBucketName", "{method} {uri}");
+        }
+        let body = multipart_body(&[("file_content", Some("x"), None, b"x")]);
+        let a = send(&app, multipart_req(&format!("/buckets/{b}/files"), body)).await;
+        assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidBucketName"));
+    }
+    // The unnormalised traversal path reaches the object route with bucket `..`.
+    let a = call(&app, Method::POST, "/buckets/../etc").await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidBucketName"));
+    let a = send(&app, req_body(Method::PUT, "/buckets/../etc/passwd", "x")).await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidBucketName"));
+    assert!(backend.bucket_names().is_empty());
+    assert_eq!(backend.object_count(), 0);
+    create_bucket(&app, "still-serving").await;
+}
+
+/// Bad object names: empty, over 1024 bytes, NUL, invalid UTF-8 (percent-encoded), a broken
+/// escape — on PUT, GET, DELETE and as a multipart filename.
+#[tokio::test]
+async fn invalid_object_names_are_400_and_store_nothing() {
+    let (app, backend) = app();
+    create_bucket(&app, "objs").await;
+    let long = "a".repeat(1025);
+    for name in ["", long.as_str(), "a%00b", "%FF%FE", "ok%C3", "bad%2", "bad%zz"] {
+        for method in [Method::PUT, Method::GET, Method::DELETE, Method::POST] {
+            let uri = format!("/buckets/objs/{name}");
+            let a = send(&app, req_body(method.clone(), &uri, "data")).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{method} {uri:.60}");
+            assert_eq!(a.code(), "InvalidObjectName", "{method} {uri:.60}");
+        }
+    }
+    // Exactly 1024 bytes is fine.
+    put(&app, &format!("/buckets/objs/{}", "b".repeat(1024)), b"x", None).await;
+    assert_eq!(backend.object_count(), 1);
+
+    for filename in [Some(""), None, Some(long.as_str())] {
+        let body = multipart_body(&[("file_content", filename, None, b"x")]);
+        let a = send(&app, multipart_req("/buckets/objs/files", body)).await;
+        assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidObjectName"));
+    }
+    assert_eq!(backend.object_count(), 1);
+}
+
+/// Missing or malformed multipart bodies are 400 `MalformedMultipart` and store nothing.
+#[tokio::test]
+async fn malformed_multipart_is_400() {
+    let (app, backend) = app();
+    create_bucket(&app, "mp1").await;
+    let uri = "/buckets/mp1/files";
+    let good = multipart_body(&[("file_content", Some("f"), None, b"content")]);
+    let cut = good[..good.len() - 20].to_vec();
+    let cases: Vec<(Option<String>, Vec<u8>)> = vec![
+        (None, good.clone()),                               // no content type
+        (Some("application/json".into()), b"{}".to_vec()),  // not multipart
+        (Some("multipart/form-data".into()), good.clone()), // no boundary
+        (Some(format!("multipart/form-data; boundary={BOUNDARY}")), Vec::new()), // empty body
+        (Some(format!("multipart/form-data; boundary={BOUNDARY}")), b"garbage".to_vec()),
+        (Some(format!("multipart/form-data; boundary={BOUNDARY}")), cut), // truncated
+        (Some("multipart/form-data; boundary=other".into()), good.clone()), // wrong boundary
+        // Only a non-file field: no file part.
+        (
+            Some(format!("multipart/form-data; boundary={BOUNDARY}")),
+            multipart_body(&[("comment", None, None, b"hi")]),
+        ),
+    ];
+    for (i, (ctype, body)) in cases.into_iter().enumerate() {
+        let mut r = Request::builder().method(Method::POST).uri(uri);
+        if let Some(c) = ctype {
+            r = r.header("content-type", c);
+        }
+        let a = send(&app, r.body(Body::from(body)).unwrap()).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "case {i}");
+        assert_eq!(a.code(), "MalformedMultipart", "case {i}");
+    }
+    assert_eq!(backend.object_count(), 0);
+    let a = send(&app, multipart_req(uri, good)).await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+/// Bodies over the maximum object size are 413 and not stored, whether the length is declared
+/// or the body is streamed without one; exactly the maximum is accepted.
+#[tokio::test]
+async fn oversize_bodies_are_413_and_not_stored() {
+    let (app, backend) = app();
+    create_bucket(&app, "big").await;
+    let over = vec![7u8; MAX as usize + 1];
+
+    let a = send(&app, req_body(Method::PUT, "/buckets/big/declared", over.clone())).await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "EntityTooLarge"));
+    assert_eq!(a.json()["limit"], MAX);
+
+    // Chunked, no Content-Length: the count stops it mid-stream.
+    let chunks: Vec<Result<Bytes, std::io::Error>> =
+        over.chunks(100).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let r = Request::builder()
+        .method(Method::PUT)
+        .uri("/buckets/big/streamed")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .unwrap();
+    let a = send(&app, r).await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "EntityTooLarge"));
+
+    // A lying Content-Length (smaller than the body) does not bypass the count.
+    let r = Request::builder()
+        .method(Method::PUT)
+        .uri("/buckets/big/lying")
+        .header("content-length", "10")
+        .body(Body::from(over.clone()))
+        .unwrap();
+    let a = send(&app, r).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Multipart: the over-size part is not stored; the part before it was, and is reported.
+    let body = multipart_body(&[
+        ("file_content", Some("small"), None, b"ok"),
+        ("file_content", Some("huge"), None, &over),
+        ("file_content", Some("after"), None, b"never read"),
+    ]);
+    let a = send(&app, multipart_req("/buckets/big/files", body)).await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "EntityTooLarge"));
+    let files = a.json()["files"].as_array().unwrap().clone();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0]["name"], "small");
+    assert!(backend.stored("big", "huge").is_none());
+    assert!(backend.stored("big", "after").is_none());
+    for name in ["declared", "streamed", "lying"] {
+        assert!(backend.stored("big", name).is_none(), "{name} was stored");
+    }
+    assert_eq!(backend.object_count(), 1);
+
+    // A whole multipart request over the request limit is refused from its declared length.
+    let parts: Vec<Vec<u8>> = (0..10).map(|_| vec![1u8; MAX as usize]).collect();
+    let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    let spec: Vec<Part<'_>> = parts
+        .iter()
+        .zip(&names)
+        .map(|(p, n)| ("file", Some(n.as_str()), None, p.as_slice()))
+        .collect();
+    let a = send(&app, multipart_req("/buckets/big/files", multipart_body(&spec))).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(backend.object_count(), 1);
+
+    let exact = vec![1u8; MAX as usize];
+    put(&app, "/buckets/big/exact", &exact, None).await;
+    assert_eq!(backend.object_count(), 2);
+}
+
+/// An invalid context token is 400 `InvalidContext` on PUT and DELETE; the object is unchanged.
+#[tokio::test]
+async fn invalid_context_is_400_and_changes_nothing() {
+    let (app, backend) = app();
+    create_bucket(&app, "ctx").await;
+    put(&app, "/buckets/ctx/k", b"v1", None).await;
+    let before = backend.stored("ctx", "k").unwrap();
+    let huge = "A".repeat(5000);
+    for token in ["!!!", "AAAA", "gaNuIDEjMQE", huge.as_str(), "é"] {
+        for method in [Method::PUT, Method::DELETE] {
+            let r = Request::builder()
+                .method(method.clone())
+                .uri("/buckets/ctx/k")
+                .header(
+                    "x-cairn-context",
+                    axum::http::HeaderValue::from_bytes(token.as_bytes()).unwrap(),
+                )
+                .body(Body::from("v2"))
+                .unwrap();
+            let a = send(&app, r).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{method} {token:.20}");
+            assert_eq!(a.code(), "InvalidContext", "{method} {token:.20}");
+        }
+    }
+    assert_eq!(backend.stored("ctx", "k").unwrap(), before);
+    // A context together with overwrite=true is contradictory.
+    let ctx = call(&app, Method::GET, "/buckets/ctx/k").await.header("x-cairn-context").unwrap();
+    let r = Request::builder()
+        .method(Method::PUT)
+        .uri("/buckets/ctx/k?overwrite=true")
+        .header("x-cairn-context", ctx)
+        .body(Body::from("v2"))
+        .unwrap();
+    let a = send(&app, r).await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidArgument"));
+    assert_eq!(backend.stored("ctx", "k").unwrap(), before);
+}
+
+/// `r` and `w` outside 1..=N (N = 3) are 400 `InvalidArgument`; nothing is written.
+#[tokio::test]
+async fn quorum_out_of_range_is_400() {
+    let (app, backend) = app();
+    create_bucket(&app, "qq1").await;
+    for q in ["0", "4", "-1", "x", "", "1.5", "18446744073709551616"] {
+        let a = send(&app, req_body(Method::PUT, &format!("/buckets/qq1/k?w={q}"), "v")).await;
+        assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidArgument"));
+        let a = call(&app, Method::DELETE, &format!("/buckets/qq1/k?w={q}")).await;
+        assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidArgument"));
+        let a = call(&app, Method::GET, &format!("/buckets/qq1/k?r={q}")).await;
+        assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidArgument"));
+        let body = multipart_body(&[("file", Some("m"), None, b"x")]);
+        let a = send(&app, multipart_req(&format!("/buckets/qq1/files?w={q}"), body)).await;
+        assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidArgument"));
+    }
+    for bad in ["meta=maybe", "local=2", "r=1&r=2", "sibling="] {
+        let a = call(&app, Method::GET, &format!("/buckets/qq1/k?{bad}")).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let a = send(&app, req_body(Method::PUT, "/buckets/qq1/k?overwrite=yes", "v")).await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidArgument"));
+    assert_eq!(backend.object_count(), 0);
+    put(&app, "/buckets/qq1/k?w=3", b"v", None).await;
+    let a = call(&app, Method::GET, "/buckets/qq1/k?r=3").await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+/// Requests on a bucket that does not exist are 404 `NoSuchBucket`; creating an existing one is
+/// 409; an unknown conflict policy is 400.
+#[tokio::test]
+async fn unknown_bucket_is_404_and_duplicates_409() {
+    let (app, backend) = app();
+    let body = || multipart_body(&[("file_content", Some("f"), None, b"x")]);
+    let answers = [
+        send(&app, req_body(Method::PUT, "/buckets/nobucket/k", "v")).await,
+        call(&app, Method::GET, "/buckets/nobucket/k").await,
+        call(&app, Method::DELETE, "/buckets/nobucket/k").await,
+        call(&app, Method::GET, "/buckets/nobucket").await,
+        call(&app, Method::DELETE, "/buckets/nobucket").await,
+        send(&app, multipart_req("/buckets/nobucket/files", body())).await,
+    ];
+    for a in answers {
+        assert_eq!((a.status, a.code().as_str()), (StatusCode::NOT_FOUND, "NoSuchBucket"));
+    }
+    assert_eq!(backend.object_count(), 0);
+    create_bucket(&app, "dup").await;
+    let a = call(&app, Method::POST, "/buckets/dup").await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::CONFLICT, "BucketAlreadyExists"));
+    let a = call(&app, Method::POST, "/buckets/other?conflict=newest").await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidArgument"));
+    assert_eq!(backend.bucket_names(), ["dup"]);
+    // Deleting a missing object in an existing bucket is 404 NoSuchKey.
+    let a = call(&app, Method::DELETE, "/buckets/dup/missing").await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::NOT_FOUND, "NoSuchKey"));
+}
+
+/// Unknown routes and methods answer JSON errors too.
+#[tokio::test]
+async fn unknown_routes_and_methods_are_json() {
+    let (app, _) = app();
+    let a = call(&app, Method::GET, "/nothing/here").await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::NOT_FOUND, "NoSuchRoute"));
+    let a = call(&app, Method::GET, "/buckets/").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = call(&app, Method::PATCH, "/buckets").await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"));
+    let a = call(&app, Method::PUT, "/buckets/abc").await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"));
+}
