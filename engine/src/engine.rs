@@ -725,12 +725,17 @@ impl Inner {
             self.grow_active(&mut w, need)?;
         }
         let off = w.len;
+        // Both fit by construction (segments <= 4 GiB, records < 2 GiB); checked before writing so a
+        // violation can never leave a record on disk that the keydir does not know.
+        let off32 =
+            u32::try_from(off).map_err(|_| Error::corrupt("segment", "offset over 4 GiB"))?;
+        let len32 = u32::try_from(rec_len)
+            .ok()
+            .filter(|l| l & (1 << 31) == 0)
+            .ok_or_else(|| Error::corrupt("record", "2 GiB or larger"))?;
         w.file.write_all_at(&rec, off).ctx(|| format!("appending to segment {:010}", w.id))?;
         w.len += rec_len;
         w.lsn += rec_len;
-        let off32 =
-            u32::try_from(off).map_err(|_| Error::corrupt("segment", "offset over 4 GiB"))?;
-        let len32 = u32::try_from(rec_len).map_err(|_| Error::corrupt("record", "over 2 GiB"))?;
         let loc = Loc::new(w.handle, off32, len32, kind == RecordKind::Tombstone);
         let replaced = self.keydirs[ks.index()].write().insert(key, loc);
         self.counters.live_bytes.fetch_add(rec_len, Ordering::Relaxed);
