@@ -1,4 +1,34 @@
 //! The engine: keydir, read path, write path with group commit, background threads.
+//!
+//! KEYDIR
+//! ======
+//!
+//! Bitcask's central idea (Sheehy & Smith, "Bitcask: A Log-Structured Hash Table for Fast Key/Value
+//! Data", Basho 2010): keep *every* key in memory with the location of its latest record, so a read is
+//! one index lookup plus one read of the log. Cairn uses an ordered map (`BTreeMap`) instead of
+//! Bitcask's hash table, one per keyspace, because listing a bucket is a prefix range and must not
+//! scan other buckets. Invariant: the keydir points at the newest record of each key (tombstones
+//! included), and keydir order per key equals log order, because the keydir is updated under the same
+//! writer lock as the append.
+//!
+//! GROUP COMMIT
+//! ============
+//!
+//! An fdatasync costs the same for one record as for a hundred, so concurrent writers share it (group
+//! commit, DeWitt et al., "Implementation Techniques for Main Memory Database Systems", SIGMOD 1984).
+//! Every append advances a byte counter, the lsn. A writer that needs durability waits until the
+//! durable lsn reaches its record's end; the first waiter with no sync in flight becomes the leader,
+//! samples the current end of the log, syncs, publishes, and wakes the others; anyone not covered
+//! waits for the next round. Invariant: `synced_lsn` only ever names bytes that an fdatasync that
+//! started after their `pwrite` has made durable.
+//!
+//! POISONING
+//! =========
+//!
+//! When fdatasync fails, Linux may already have dropped the dirty pages and will not report the error
+//! again ("fsyncgate", PostgreSQL 2018): retrying would falsely succeed. So the first failure poisons
+//! the engine: every later write fails with `Error::Poisoned` until the directory is reopened and
+//! recovered from what is actually on disk.
 
 use std::collections::BTreeMap;
 use std::fs::File;
