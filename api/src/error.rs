@@ -116,6 +116,11 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Marks an error answer with its code (a response extension), so the metrics middleware can
+/// count errors by code without parsing bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, ApiError>;
 
@@ -123,6 +128,33 @@ pub type Result<T> = std::result::Result<T, ApiError>;
 const INTERNAL_MESSAGE: &str = "internal error; the detail is in the node's log";
 
 impl ApiError {
+    /// A write that reached fewer than W replicas, with the message derived from the report
+    /// (`"1 of 2 required replicas acknowledged"`). `node` is the coordinator.
+    pub fn write_quorum(node: impl Into<String>, report: WriteReport) -> Self {
+        ApiError::WriteQuorumNotReached {
+            message: format!(
+                "{} of {} required replicas acknowledged",
+                report.replicas_written.len(),
+                report.required
+            ),
+            node: node.into(),
+            report: Box::new(report),
+        }
+    }
+
+    /// A read that got fewer than R replies, with the message derived from the report.
+    pub fn read_quorum(node: impl Into<String>, report: ReadReport) -> Self {
+        ApiError::ReadQuorumNotReached {
+            message: format!(
+                "{} of {} required replicas replied",
+                report.replicas_read.len(),
+                report.required
+            ),
+            node: node.into(),
+            report: Box::new(report),
+        }
+    }
+
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -247,6 +279,7 @@ impl ApiError {
         {
             resp.headers_mut().insert(CONTEXT_HEADER, v);
         }
+        resp.extensions_mut().insert(ErrorCode(self.code()));
         resp
     }
 

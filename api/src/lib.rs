@@ -71,7 +71,9 @@ pub const FILE_FIELDS: [&str; 2] = ["file_content", "file"];
 pub struct ApiConfig {
     /// Largest object accepted, in bytes (413 `EntityTooLarge` above it, nothing stored).
     pub max_object_size: u64,
-    /// Largest multipart request, in bytes, all parts together (413 above it).
+    /// Largest multipart request, in bytes (413 above it): checked against the declared
+    /// `Content-Length` of the whole body before reading, and against the running sum of the
+    /// parts' contents while streaming (framing not counted).
     pub max_request_size: u64,
     /// The replication factor N: per-request `r` and `w` must be within `1..=replicas`.
     pub replicas: usize,

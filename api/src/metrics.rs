@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use futures::FutureExt;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Upper bounds (seconds) of the latency histogram buckets; `+Inf` is implied. From 1 ms (a
 /// local read) to 10 s (a quorum timeout).
@@ -55,6 +56,11 @@ pub struct Metrics {
     /// middleware (writer) and the `/metrics` handler (reader) through `Arc<Metrics>`; it lives
     /// as long as the router.
     series: Mutex<BTreeMap<SeriesKey, Series>>,
+    /// Error answers by code (bounded: the codes are the `ApiError` variants). Same locking
+    /// rules as `series`.
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests being handled now (incremented and decremented by the middleware).
+    in_flight: AtomicI64,
 }
 
 impl Metrics {
@@ -72,6 +78,18 @@ impl Metrics {
                 s.buckets[i] += 1;
             }
         }
+    }
+
+    /// Counts one error answer with this code.
+    pub fn record_error(&self, code: &'static str) {
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        *errors.entry(code).or_default() += 1;
+    }
+
+    /// Number of error answers recorded with this code.
+    pub fn errors(&self, code: &str) -> u64 {
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        errors.get(code).copied().unwrap_or(0)
     }
 
     /// Number of requests recorded for a route and status (any method); for tests and health.
@@ -123,6 +141,23 @@ impl Metrics {
             let _ =
                 writeln!(out, "cairn_http_request_duration_seconds_count{{{labels}}} {}", s.count);
         }
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        out.push_str(
+            "# HELP cairn_http_errors_total Error answers, by error code.\n\
+             # TYPE cairn_http_errors_total counter\n",
+        );
+        for (code, n) in &errors {
+            let _ = writeln!(out, "cairn_http_errors_total{{code=\"{code}\"}} {n}");
+        }
+        out.push_str(
+            "# HELP cairn_http_requests_in_flight Requests being handled.\n\
+             # TYPE cairn_http_requests_in_flight gauge\n",
+        );
+        let _ = writeln!(
+            out,
+            "cairn_http_requests_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -146,6 +181,23 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// Counts a request as in flight until dropped (also when the client goes away and the request
+/// future is dropped mid-way).
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(m: &'a Metrics) -> Self {
+        m.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(m)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// State of the [`observe`] middleware.
 #[derive(Debug, Clone)]
 pub struct Observe {
@@ -165,7 +217,10 @@ pub async fn observe(State(obs): State<Observe>, req: Request, next: Next) -> Re
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let mut resp = match AssertUnwindSafe(next.run(req)).catch_unwind().await {
+    let in_flight = InFlight::enter(&obs.metrics);
+    let result = AssertUnwindSafe(next.run(req)).catch_unwind().await;
+    drop(in_flight);
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(panic) => {
             let what = panic
@@ -185,6 +240,9 @@ pub async fn observe(State(obs): State<Observe>, req: Request, next: Next) -> Re
     let latency = start.elapsed();
     let status = resp.status().as_u16();
     obs.metrics.record(&method, &route, status, latency);
+    if let Some(ErrorCode(code)) = resp.extensions().get::<ErrorCode>() {
+        obs.metrics.record_error(code);
+    }
     let latency_ms = latency.as_secs_f64() * 1000.0;
     if resp.status().is_server_error() {
         tracing::warn!(%method, %path, %route, status, latency_ms, "request failed");

@@ -164,11 +164,7 @@ impl MemoryBackend {
         }
         if up < w {
             let report = self.write_report(up, w, &VersionVector::new());
-            return Err(ApiError::WriteQuorumNotReached {
-                message: format!("{up} of {w} required replicas acknowledged"),
-                node: self.node.to_string(),
-                report: Box::new(report),
-            });
+            return Err(ApiError::write_quorum(self.node.as_str(), report));
         }
         let ctx = context.map(|c| c.0).unwrap_or_else(|| set.join());
         let meta = value.meta.clone();
@@ -309,11 +305,7 @@ impl Backend for MemoryBackend {
             quorum_reached: up >= r,
         };
         if up < r {
-            return Err(ApiError::ReadQuorumNotReached {
-                message: format!("{up} of {r} required replicas replied"),
-                node: self.node.to_string(),
-                report: Box::new(report),
-            });
+            return Err(ApiError::read_quorum(self.node.as_str(), report));
         }
         Ok(ReadResult { node: self.node.to_string(), set, report })
     }

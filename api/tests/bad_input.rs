@@ -183,9 +183,29 @@ async fn oversize_bodies_are_413_and_not_stored() {
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(backend.object_count(), 1);
 
+    // The same without a declared length: the running count stops it; parts before the limit
+    // were stored and are reported, the part that crossed it was not.
+    let body = multipart_body(&spec);
+    let chunks: Vec<Result<Bytes, std::io::Error>> =
+        body.chunks(512).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let r = Request::builder()
+        .method(Method::POST)
+        .uri("/buckets/big/files")
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .unwrap();
+    let a = send(&app, r).await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "EntityTooLarge"));
+    let stored = a.json()["files"].as_array().unwrap().len();
+    // The running count is of part contents (8 x 1 KiB = the 8 KiB limit exactly); the 9th
+    // part crosses it.
+    assert_eq!(stored as u64, MAX_REQUEST / MAX, "parts wholly inside the limit");
+    assert_eq!(backend.object_count(), 1 + stored);
+    assert!(backend.stored("big", &format!("p{stored}")).is_none());
+
     let exact = vec![1u8; MAX as usize];
     put(&app, "/buckets/big/exact", &exact, None).await;
-    assert_eq!(backend.object_count(), 2);
+    assert!(backend.stored("big", "exact").is_some());
 }
 
 /// An invalid context token is 400 `InvalidContext` on PUT and DELETE; the object is unchanged.

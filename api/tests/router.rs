@@ -323,6 +323,10 @@ async fn metrics_expose_request_counters() {
         "cairn_http_request_duration_seconds_count{method=\"PUT\",route=\"/buckets/{bucket}/{*file}\",status=\"200\"} 2",
         "cairn_http_request_duration_seconds_bucket{method=\"PUT\",route=\"/buckets/{bucket}/{*file}\",status=\"200\",le=\"+Inf\"} 2",
         "# TYPE cairn_http_request_duration_seconds histogram",
+        "cairn_http_errors_total{code=\"NoSuchKey\"} 1",
+        "cairn_http_errors_total{code=\"NoSuchRoute\"} 1",
+        // The /metrics request itself is the one in flight.
+        "cairn_http_requests_in_flight 1",
         "cairn_memory_objects 2",
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
