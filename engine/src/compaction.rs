@@ -401,7 +401,7 @@ fn switch_over(
         let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
         let bytes = mmap::map(&f, *len).ctx(|| format!("mapping {}", path.display()))?;
         let id = commit.outputs[i];
-        handles.push(inner.segments.write().add(Seg { id, bytes, len: *len, sealed: true }));
+        handles.push(inner.segments.write().add(Seg::new(id, bytes, *len, true)));
     }
     for ks in Keyspace::ALL {
         let mine: Vec<&Move> = moves.iter().filter(|m| m.ks == ks).collect();
@@ -412,6 +412,9 @@ fn switch_over(
                     && *loc == m.old
                 {
                     *loc = Loc::new(handles[m.output], m.off, m.old.len(), m.old.is_tombstone());
+                    if let Some(seg) = inner.segments.read().get(handles[m.output]) {
+                        seg.live.fetch_add(u64::from(m.old.len()), Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -525,9 +528,11 @@ pub(crate) fn background_loop(inner: &Arc<Inner>, c: &CompactionOptions) {
         if inner.is_poisoned() {
             continue;
         }
-        let total = inner.counters.total_bytes.load(Ordering::Relaxed);
-        let live = inner.counters.live_bytes.load(Ordering::Relaxed);
-        let dead = total.saturating_sub(live);
+        // Only sealed segments can be compacted (the background thread does not seal the active one),
+        // so only their dead bytes count.
+        let total: u64 =
+            inner.segments.read().iter().filter(|(_, s)| s.sealed).map(|(_, s)| s.len).sum();
+        let dead = inner.reclaimable_bytes();
         if total == 0 || dead < c.min_dead_bytes || (dead as f64 / total as f64) < c.min_dead_ratio
         {
             continue;

@@ -205,12 +205,12 @@ impl Keydir {
         bulk * KEYDIR_BULK_ENTRY_ESTIMATE + (entries - bulk) * KEYDIR_ENTRY_ESTIMATE + self.key_heap
     }
 
-    /// Points `key` at `loc`; returns the length of the record it replaced (0 if none).
-    pub(crate) fn insert(&mut self, key: &[u8], loc: Loc) -> u64 {
+    /// Points `key` at `loc`; returns the location it replaced.
+    pub(crate) fn insert(&mut self, key: &[u8], loc: Loc) -> Option<Loc> {
         let new_tomb = loc.is_tombstone();
         match self.map.get_mut(key) {
             Some(old) => {
-                let replaced = u64::from(old.len());
+                let replaced = *old;
                 match (old.is_tombstone(), new_tomb) {
                     (false, true) => {
                         self.live -= 1;
@@ -223,7 +223,7 @@ impl Keydir {
                     _ => {}
                 }
                 *old = loc;
-                replaced
+                Some(replaced)
             }
             None => {
                 self.key_heap += malloc_block(key.len());
@@ -234,7 +234,7 @@ impl Keydir {
                     self.live += 1;
                 }
                 self.map.insert(Box::from(key), loc);
-                0
+                None
             }
         }
     }
@@ -266,6 +266,22 @@ pub(crate) struct Seg {
     pub len: u64,
     /// Sealed segments are immutable and may be compacted.
     pub sealed: bool,
+    /// Bytes of this segment's records that the keydir points at, so the background compactor can tell
+    /// how much of the *sealed* data is dead. Atomic: appends update it under the segments read lock.
+    pub live: AtomicU64,
+}
+
+impl Seg {
+    pub(crate) fn new(id: u64, bytes: Bytes, len: u64, sealed: bool) -> Self {
+        Self { id, bytes, len, sealed, live: AtomicU64::new(0) }
+    }
+
+    /// Subtracts without wrapping (a bookkeeping slip must not turn into a huge number).
+    pub(crate) fn sub_live(&self, n: u64) {
+        let _ = self
+            .live
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
+    }
 }
 
 /// The segment table. Keydir entries name segments by *handle*, not by file id, because compaction
@@ -384,6 +400,9 @@ pub struct Stats {
     pub live_bytes: u64,
     /// Bytes of all segment files.
     pub total_bytes: u64,
+    /// Dead bytes in sealed segments: what a compaction would reclaim now (the background compactor's
+    /// trigger; dead bytes in the active segment need a roll-over first).
+    pub reclaimable_bytes: u64,
     /// Number of segment files (sealed + active).
     pub segments: u64,
     /// Estimated keydir memory, key bytes included.
@@ -558,7 +577,9 @@ impl Engine {
     }
 
     /// Keys with `prefix` in order, with their values, starting after `start_after` (a cursor from a
-    /// previous page), at most `limit`. Walks only the keydir range of the prefix.
+    /// previous page), at most `limit`. Walks only the keydir range of the prefix. A value that fails
+    /// its CRC fails the whole call with `Error::Corrupt` naming its segment and offset; callers that
+    /// must get past a damaged key page with [`Engine::keys_with_prefix`] and `get` each key.
     pub fn scan_prefix(
         &self,
         ks: Keyspace,
@@ -769,7 +790,18 @@ impl Inner {
         let loc = Loc::new(w.handle, off32, len32, kind == RecordKind::Tombstone);
         let replaced = self.keydirs[ks.index()].write().insert(key, loc);
         self.counters.live_bytes.fetch_add(rec_len, Ordering::Relaxed);
-        self.counters.live_bytes.fetch_sub(replaced, Ordering::Relaxed);
+        {
+            let segs = self.segments.read();
+            if let Some(seg) = segs.get(w.handle) {
+                seg.live.fetch_add(rec_len, Ordering::Relaxed);
+            }
+            if let Some(old) = replaced {
+                self.counters.live_bytes.fetch_sub(u64::from(old.len()), Ordering::Relaxed);
+                if let Some(seg) = segs.get(old.handle) {
+                    seg.sub_live(u64::from(old.len()));
+                }
+            }
+        }
         self.counters.total_bytes.fetch_add(rec_len, Ordering::Relaxed);
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         Ok(w.lsn)
@@ -819,7 +851,7 @@ impl Inner {
             old.len = w.len;
             old.sealed = true;
         }
-        let handle = segs.add(Seg { id: new_id, bytes, len: 0, sealed: false });
+        let handle = segs.add(Seg::new(new_id, bytes, 0, false));
         drop(segs);
         w.file = Arc::new(file);
         w.id = new_id;
@@ -922,6 +954,16 @@ impl Inner {
         *down
     }
 
+    /// Dead bytes of sealed segments.
+    pub(crate) fn reclaimable_bytes(&self) -> u64 {
+        self.segments
+            .read()
+            .iter()
+            .filter(|(_, s)| s.sealed)
+            .map(|(_, s)| s.len.saturating_sub(s.live.load(Ordering::Relaxed)))
+            .sum()
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         let mut keys = [0u64; 3];
         let (mut tombstones, mut entries, mut keydir_bytes, mut key_bytes) = (0, 0, 0, 0);
@@ -940,6 +982,7 @@ impl Inner {
             live_bytes: c.live_bytes.load(Ordering::Relaxed),
             total_bytes: c.total_bytes.load(Ordering::Relaxed),
             segments: self.segments.read().iter().count() as u64,
+            reclaimable_bytes: self.reclaimable_bytes(),
             keydir_bytes,
             keydir_bytes_per_key: if entries == 0 {
                 0.0

@@ -121,13 +121,19 @@ fn apply_entries(pending: &mut Pending, handle: u32, entries: Vec<HintEntry>) ->
     Ok(())
 }
 
-/// Builds the keydirs from the pending entries; returns them and the live bytes they point at.
-fn build_keydirs(pending: Pending) -> ([Keydir; 3], u64) {
+/// Builds the keydirs from the pending entries and sets each segment's live bytes; returns the
+/// keydirs and the total live bytes.
+fn build_keydirs(pending: Pending, segments: &Segments) -> ([Keydir; 3], u64) {
     let mut live_bytes = 0;
     let keydirs = pending.map(|entries| {
         let map: BTreeMap<Box<[u8]>, Loc> = entries.into_iter().collect();
         let mut kd = Keydir::from_bulk(map);
         live_bytes += kd.recount();
+        for loc in kd.map.values() {
+            if let Some(seg) = segments.get(loc.handle) {
+                seg.live.fetch_add(u64::from(loc.len()), Ordering::Relaxed);
+            }
+        }
         kd
     });
     (keydirs, live_bytes)
@@ -182,7 +188,7 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Inner> {
                 scan.entries
             }
         };
-        let handle = segments.add(Seg { id, bytes, len, sealed: true });
+        let handle = segments.add(Seg::new(id, bytes, len, true));
         apply_entries(&mut pending, handle, entries)?;
         total_bytes += len;
     }
@@ -214,9 +220,9 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Inner> {
     let len = scan.valid_end;
     let cap = len.max(opts.segment_size);
     let bytes = mmap::map(&file, cap).ctx(|| format!("mapping {}", path.display()))?;
-    let handle = segments.add(Seg { id: active_id, bytes, len: 0, sealed: false });
+    let handle = segments.add(Seg::new(active_id, bytes, 0, false));
     apply_entries(&mut pending, handle, scan.entries)?;
-    let (keydirs, live_bytes) = build_keydirs(pending);
+    let (keydirs, live_bytes) = build_keydirs(pending, &segments);
     total_bytes += len;
 
     let counters = Counters::default();
