@@ -3,7 +3,7 @@
 //! Every handler is a thin `async fn` returning a [`Response`]: it runs an inner function that
 //! returns `Result<Response, ApiError>` and maps an error once, through
 //! [`ApiError::to_response`] with this node's id. Handlers read names from the raw request path
-//! ([`names::bucket_from_path`]) rather than from axum's `Path` extractor, so that malformed
+//! ([`crate::names::bucket_from_path`]) rather than from axum's `Path` extractor, so that malformed
 //! percent-encoding, invalid UTF-8 and NUL are refused with the API's own codes.
 //!
 //! READS
@@ -322,6 +322,10 @@ pub async fn delete_object<B: Backend>(
             .delete_object(DeleteObject { bucket, name: name.clone(), context, w })
             .await?;
         let mut f = render::write_result_json(name.as_str(), &res);
+        // A tombstone has no content: its size, ETag and type would only mislead.
+        for k in ["size", "etag", "content_type"] {
+            f.remove(k);
+        }
         f.insert("deleted".into(), Value::Bool(true));
         f.insert("received_by".into(), Value::String(app.node.to_string()));
         Ok((StatusCode::OK, Json(Value::Object(f))).into_response())

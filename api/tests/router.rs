@@ -54,6 +54,7 @@ async fn original_service_flow() {
     let a = call(&app, Method::DELETE, "/buckets/photos/cat.jpg").await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json()["deleted"], true);
+    assert!(a.json().get("etag").is_none(), "a delete has no ETag");
     assert_eq!(a.json()["node"], "n1");
 
     let a = call(&app, Method::GET, "/buckets/photos/cat.jpg").await;
