@@ -90,7 +90,8 @@ proptest! {
             .map(|(k, v)| (k, v.to_vec()))
             .collect();
         prop_assert_eq!(&scanned, &model);
-        prop_assert_eq!(e.stats().keys_in(Keyspace::Object), model.len() as u64);
+        let before = e.stats();
+        prop_assert_eq!(before.keys_in(Keyspace::Object), model.len() as u64);
         drop(e);
         prop_assert!(cairn_engine::verify(dir.path()).unwrap().is_clean());
         let e = Engine::open(dir.path(), opts()).unwrap();
@@ -101,5 +102,11 @@ proptest! {
             .map(|(k, v)| (k, v.to_vec()))
             .collect();
         prop_assert_eq!(&reopened, &model);
+        // The incremental bookkeeping agrees with what a reopen recomputes from disk.
+        let after = e.stats();
+        prop_assert_eq!(
+            (after.live_bytes, after.total_bytes, after.reclaimable_bytes, after.tombstones),
+            (before.live_bytes, before.total_bytes, before.reclaimable_bytes, before.tombstones)
+        );
     }
 }
