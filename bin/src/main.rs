@@ -39,6 +39,11 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run one node of a cluster: the REST API, replication and the failure detector.
+    Node(Box<cmd::node::Args>),
+    /// Start a local cluster of real `cairn node` processes on 127.0.0.1 (for trying Cairn out
+    /// and for tests); Ctrl-C stops them all.
+    DevCluster(cmd::dev_cluster::Args),
     /// Compact a data directory offline: rewrite live records, drop superseded ones and reapable
     /// tombstones. Takes the directory's exclusive lock, so it refuses to run against a live node.
     Compact(cmd::compact::Args),
@@ -51,6 +56,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
+        Command::Node(args) => cmd::node::run(*args),
+        Command::DevCluster(args) => cmd::dev_cluster::run(args),
         Command::Compact(args) => cmd::compact::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
     };
@@ -66,7 +73,11 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -1,4 +1,7 @@
 //! One module per subcommand.
 
 pub mod compact;
+pub mod dev_cluster;
+pub mod http;
 pub mod inspect;
+pub mod node;

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::node::buckets::{self, BucketEntry, BucketInfo, ConflictPolicy};
 use crate::node::keys::{HintKey, ObjectKey};
-use crate::node::messages::{self, Request, Response, WriteOp, WriteRequest};
+use crate::node::messages::{self, ListEntry, Request, Response, WriteOp, WriteRequest};
 use crate::node::metrics::Metrics;
 use crate::node::{Node, NodeError, now_ms};
 
@@ -228,14 +228,15 @@ impl<T: Transport> Node<T> {
         Ok(outcome)
     }
 
-    /// Live object names of a bucket, merged from every reachable member, in order.
+    /// Live objects of a bucket, merged from every reachable member, in name order. The second
+    /// value says whether more may follow (some member had a full page).
     pub async fn list_files(
         self: &Arc<Self>,
         bucket: &BucketInfo,
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, NodeError> {
+    ) -> Result<(Vec<ListEntry>, bool), NodeError> {
         let limit = limit.clamp(1, MAX_LIST_LIMIT);
         let mut calls = tokio::task::JoinSet::new();
         for m in self.reachable() {
@@ -249,32 +250,50 @@ impl<T: Transport> Node<T> {
             };
             calls.spawn(async move { node.list_at(&m, req).await });
         }
-        let mut names = BTreeSet::new();
+        let mut merged: BTreeMap<String, ListEntry> = BTreeMap::new();
         let mut answered = 0;
+        let mut full_page = false;
         while let Some(joined) = calls.join_next().await {
-            if let Ok(Ok(part)) = joined {
-                answered += 1;
-                names.extend(part);
+            let Ok(Ok(part)) = joined else { continue };
+            answered += 1;
+            full_page |= part.len() >= limit;
+            for e in part {
+                match merged.get_mut(&e.name) {
+                    Some(have) => {
+                        have.versions = have.versions.max(e.versions);
+                        if e.meta.timestamp_ms > have.meta.timestamp_ms {
+                            have.meta = e.meta;
+                        }
+                    }
+                    None => {
+                        merged.insert(e.name.clone(), e);
+                    }
+                }
             }
         }
         if answered == 0 {
             return Err(NodeError::Unavailable("no member answered the listing".into()));
         }
-        Ok(names.into_iter().take(limit).collect())
+        let more = full_page || merged.len() > limit;
+        Ok((merged.into_values().take(limit).collect(), more))
     }
 
-    async fn list_at(self: &Arc<Self>, m: &NodeId, req: Request) -> Result<Vec<String>, NodeError> {
+    async fn list_at(
+        self: &Arc<Self>,
+        m: &NodeId,
+        req: Request,
+    ) -> Result<Vec<ListEntry>, NodeError> {
         if m == self.id() {
             return self.serve_list(req).await;
         }
         match self.rpc(m, &req).await? {
-            Response::Names { names } => Ok(names),
+            Response::Listing { entries } => Ok(entries),
             other => Err(NodeError::Internal(format!("unexpected answer to List: {other:?}"))),
         }
     }
 
     /// Answers a `List` request from the local replica.
-    pub(crate) async fn serve_list(&self, req: Request) -> Result<Vec<String>, NodeError> {
+    pub(crate) async fn serve_list(&self, req: Request) -> Result<Vec<ListEntry>, NodeError> {
         let Request::List { bucket, incarnation, prefix, start_after, limit } = req else {
             return Err(NodeError::Internal("not a List request".into()));
         };
@@ -659,16 +678,18 @@ impl<T: Transport> Node<T> {
     }
 }
 
-/// How long a decided write waits for the remaining targets before answering: as long again as
-/// the decision took, between [`MIN_GRACE`] and [`MAX_GRACE`].
+/// How long a decided write waits for the remaining targets before answering: twice as long as
+/// the decision took, between [`MIN_GRACE`] and [`MAX_GRACE`]. In a healthy cluster the last
+/// replica answers within that window and the answer reports every replica; a slow or dead
+/// replica delays the answer by at most the grace, never by the request timeout.
 fn grace(decision_took: std::time::Duration) -> std::time::Duration {
-    decision_took.clamp(MIN_GRACE, MAX_GRACE)
+    (decision_took * 2).clamp(MIN_GRACE, MAX_GRACE)
 }
 
 /// Shortest wait for replicas answering after the quorum.
-pub const MIN_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
+pub const MIN_GRACE: std::time::Duration = std::time::Duration::from_millis(5);
 /// Longest wait for replicas answering after the quorum.
-pub const MAX_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+pub const MAX_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn finish_write(outcome: WriteOutcome) -> Result<WriteOutcome, NodeError> {
     if outcome.report.quorum_reached {

@@ -11,7 +11,8 @@
 //! - `Read` asks for the receiver's set of a key (its replica merged with hints it holds).
 //! - `Coordinate` hands a client write to the first reachable owner, which coordinates it.
 //! - `BucketReplicate` / `BucketRegistry` replicate the bucket registry to every node.
-//! - `List` asks for the receiver's live object names of one bucket incarnation.
+//! - `List` asks for the receiver's live objects of one bucket incarnation (name, newest
+//!   metadata, number of live versions).
 //!
 //! Errors come back as `Response::Error` with a stable code; transport failures (timeout,
 //! unreachable) are the transport's errors.
@@ -105,6 +106,17 @@ pub struct WriteRequest {
     pub excluded: Vec<String>,
 }
 
+/// One live object in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEntry {
+    /// Object name.
+    pub name: String,
+    /// Metadata of its newest live version (by timestamp).
+    pub meta: Meta,
+    /// Number of live concurrent versions.
+    pub versions: usize,
+}
+
 /// An answer from one node to another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
@@ -125,10 +137,10 @@ pub enum Response {
         /// Every bucket name with its registry entry's set.
         entries: Vec<(String, SiblingSet<BucketEntry>)>,
     },
-    /// Live object names.
-    Names {
-        /// Names in order.
-        names: Vec<String>,
+    /// Live objects of a listing.
+    Listing {
+        /// Entries in name order.
+        entries: Vec<ListEntry>,
     },
     /// The request failed at the receiver.
     Error {

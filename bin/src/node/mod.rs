@@ -13,6 +13,7 @@
 //! - [`handoff`]: delivering hints when their owner is back, and the registry anti-entropy.
 //! - [`store`], [`keys`], [`buckets`], [`messages`]: the local data and the wire protocol.
 
+pub mod backend;
 pub mod buckets;
 pub mod coordinator;
 pub mod error;

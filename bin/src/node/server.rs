@@ -98,7 +98,7 @@ impl<T: Transport> Node<T> {
                 Ok(Response::Registry { entries })
             }
             list @ Request::List { .. } => {
-                Ok(Response::Names { names: self.serve_list(list).await? })
+                Ok(Response::Listing { entries: self.serve_list(list).await? })
             }
         }
     }

@@ -8,13 +8,14 @@
 use std::sync::Arc;
 
 use cairn_engine::{Engine, Keyspace, Update, UpdateOutcome};
-use cairn_replication::{SiblingSet, VersionVector};
+use cairn_replication::{Sibling, SiblingSet, VersionVector};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::node::buckets::BucketEntry;
 use crate::node::error::NodeError;
 use crate::node::keys::{HintKey, ObjectKey, owner_prefix};
+use crate::node::messages::ListEntry;
 
 /// Most hints read for one owner in one delivery round.
 pub const HINT_SCAN_BATCH: usize = 256;
@@ -315,7 +316,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Live object names of one bucket incarnation in this replica, in order.
+    /// Live objects of one bucket incarnation in this replica, in name order.
     pub fn list(
         &self,
         bucket: &str,
@@ -323,7 +324,7 @@ impl Store {
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, NodeError> {
+    ) -> Result<Vec<ListEntry>, NodeError> {
         let base = crate::node::keys::bucket_prefix(bucket, incarnation);
         let mut full_prefix = base.clone();
         full_prefix.extend_from_slice(prefix.as_bytes());
@@ -332,10 +333,10 @@ impl Store {
             c.extend_from_slice(s.as_bytes());
             c
         });
-        let mut names = Vec::new();
+        let mut entries = Vec::new();
         // Pages, because names whose every sibling is a tombstone are skipped.
-        while names.len() < limit {
-            let want = (limit - names.len()).max(16);
+        while entries.len() < limit {
+            let want = (limit - entries.len()).max(16);
             let page =
                 self.engine.scan_prefix(Keyspace::Object, &full_prefix, cursor.as_deref(), want)?;
             let Some((last, _)) = page.last() else { break };
@@ -343,12 +344,17 @@ impl Store {
             let exhausted = page.len() < want;
             for (k, v) in page {
                 let set: SiblingSet = decode_set(&v)?;
-                if set.is_deleted() {
+                let live: Vec<&Sibling> = set.values().filter(|s| !s.is_tombstone()).collect();
+                let Some(newest) = live.iter().max_by_key(|s| s.meta.timestamp_ms) else {
                     continue;
-                }
+                };
                 if let Some(key) = ObjectKey::decode(&k) {
-                    names.push(key.name);
-                    if names.len() == limit {
+                    entries.push(ListEntry {
+                        name: key.name,
+                        meta: newest.meta.clone(),
+                        versions: live.len(),
+                    });
+                    if entries.len() == limit {
                         break;
                     }
                 }
@@ -357,7 +363,7 @@ impl Store {
                 break;
             }
         }
-        Ok(names)
+        Ok(entries)
     }
 
     /// Makes every write so far durable.

@@ -1,0 +1,441 @@
+//! `cairn node`: run one node.
+//!
+//! Settings come from three layers, each overriding the one before: the TOML file given with
+//! `--config`, `CAIRN_*` environment variables, and command-line flags (clap reads flags and
+//! environment together; the file fills what neither gave). A bad or missing setting is one line
+//! naming it, and exit code 2.
+//!
+//! Start-up: data directory and actor epoch, engine (recovery), membership (libp2p), the node
+//! (hint book from the engine), the inbound request server, hinted handoff, then the HTTP API.
+//! SIGTERM or Ctrl-C: stop accepting HTTP requests and finish those in flight, stop background
+//! work, sync the engine, mark the shutdown clean, exit 0.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use cairn_api::ApiConfig;
+use cairn_engine::{CompactionOptions, Engine, SyncPolicy};
+use cairn_membership::{ClusterSecret, Membership, MembershipConfig};
+use cairn_node::node::backend::NodeBackend;
+use cairn_node::node::store::Store;
+use cairn_node::node::{Node, Settings, handoff, identity, server};
+use cairn_replication::{Actor, NodeId};
+use libp2p::Multiaddr;
+use serde::Deserialize;
+
+/// Flags of `cairn node`. Every flag can also be set by its `CAIRN_*` variable or in the file.
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// TOML file with any of the settings below (keys as the long flag names, with `_` for `-`).
+    #[arg(long, env = "CAIRN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id, e.g. `n1` (1-64 of A-Z a-z 0-9 _ -). Must be one of --members.
+    #[arg(long, env = "CAIRN_ID")]
+    pub id: Option<String>,
+    /// Data directory (engine segments, node key, actor epoch). Created if missing.
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Listen address of the REST API [default: 127.0.0.1:8080].
+    #[arg(long, env = "CAIRN_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// libp2p listen multiaddr for node-to-node traffic [default: /ip4/127.0.0.1/tcp/7000].
+    #[arg(long, env = "CAIRN_P2P")]
+    pub p2p: Option<String>,
+    /// Multiaddr of another node to dial (repeatable; comma-separated in the environment).
+    #[arg(long, env = "CAIRN_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<String>,
+    /// Ring members: comma-separated node ids, the same list on every node.
+    #[arg(long, env = "CAIRN_MEMBERS", value_delimiter = ',')]
+    pub members: Vec<String>,
+    /// File holding the cluster secret (64 hex chars, a swarm.key, or a passphrase of 16+ chars).
+    #[arg(long, env = "CAIRN_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// The cluster secret itself (prefer --secret-file; visible in the process environment).
+    #[arg(long = "cluster-secret", env = "CAIRN_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Replicas per object, N [default: 3].
+    #[arg(short = 'n', long, env = "CAIRN_REPLICAS")]
+    pub replicas: Option<usize>,
+    /// Read quorum, R [default: 2].
+    #[arg(short = 'r', long, env = "CAIRN_READ_QUORUM")]
+    pub read_quorum: Option<usize>,
+    /// Write quorum, W [default: 2].
+    #[arg(short = 'w', long, env = "CAIRN_WRITE_QUORUM")]
+    pub write_quorum: Option<usize>,
+    /// When writes reach the disk: always (fdatasync before acknowledging, group commit),
+    /// interval:MS, or never [default: always].
+    #[arg(long, env = "CAIRN_SYNC")]
+    pub sync: Option<String>,
+    /// Largest object accepted, in bytes [default: 33554432 (32 MiB)].
+    #[arg(long, env = "CAIRN_MAX_OBJECT_SIZE")]
+    pub max_object_size: Option<u64>,
+    /// Ring partitions, a power of two, the same on every node [default: 256].
+    #[arg(long, env = "CAIRN_PARTITIONS")]
+    pub partitions: Option<u32>,
+    /// Bound on one replicated request, in milliseconds [default: 3000].
+    #[arg(long, env = "CAIRN_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Heartbeat interval of the failure detector, in milliseconds [default: 1000].
+    #[arg(long, env = "CAIRN_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Phi at which a member is declared down [default: 8].
+    #[arg(long, env = "CAIRN_PHI_THRESHOLD")]
+    pub phi_threshold: Option<f64>,
+    /// Discover peers by mDNS on the LAN (multicast on every interface) [default: false].
+    #[arg(long, env = "CAIRN_MDNS")]
+    pub mdns: Option<bool>,
+}
+
+/// The same settings as read from the TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    id: Option<String>,
+    data_dir: Option<PathBuf>,
+    http: Option<SocketAddr>,
+    p2p: Option<String>,
+    bootstrap: Option<Vec<String>>,
+    members: Option<Vec<String>>,
+    secret_file: Option<PathBuf>,
+    cluster_secret: Option<String>,
+    replicas: Option<usize>,
+    read_quorum: Option<usize>,
+    write_quorum: Option<usize>,
+    sync: Option<String>,
+    max_object_size: Option<u64>,
+    partitions: Option<u32>,
+    request_timeout_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    phi_threshold: Option<f64>,
+    mdns: Option<bool>,
+}
+
+/// A setting that is missing or wrong: printed as one line, exit code 2.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(msg: impl Into<String>) -> anyhow::Error {
+    ConfigError(msg.into()).into()
+}
+
+/// The validated configuration of a node.
+#[derive(Debug)]
+pub struct NodeConfig {
+    id: NodeId,
+    data_dir: PathBuf,
+    http: SocketAddr,
+    p2p: Multiaddr,
+    bootstrap: Vec<Multiaddr>,
+    members: Vec<NodeId>,
+    secret: ClusterSecret,
+    n: usize,
+    r: usize,
+    w: usize,
+    sync: SyncPolicy,
+    max_object_size: u64,
+    partitions: u32,
+    request_timeout: Duration,
+    heartbeat: Duration,
+    phi_threshold: f64,
+    mdns: bool,
+}
+
+fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
+    flag.or(file)
+}
+
+impl NodeConfig {
+    /// Layers file, environment and flags, and validates every setting.
+    pub fn resolve(args: Args) -> Result<NodeConfig> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("--config {}: {e}", path.display())))?;
+                toml::from_str::<FileSettings>(&text)
+                    .map_err(|e| bad(format!("--config {}: {}", path.display(), e.message())))?
+            }
+            None => FileSettings::default(),
+        };
+        let id = pick(args.id, file.id).ok_or_else(|| bad("--id is required (e.g. --id n1)"))?;
+        let id = NodeId::new(id).map_err(|e| bad(format!("--id: {e}")))?;
+        let data_dir =
+            pick(args.data_dir, file.data_dir).ok_or_else(|| bad("--data-dir is required"))?;
+        let http =
+            pick(args.http, file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let p2p = pick(args.p2p, file.p2p).unwrap_or_else(|| "/ip4/127.0.0.1/tcp/7000".into());
+        let p2p: Multiaddr = p2p.parse().map_err(|e| bad(format!("--p2p {p2p:?}: {e}")))?;
+        let bootstrap_raw = if args.bootstrap.is_empty() {
+            file.bootstrap.unwrap_or_default()
+        } else {
+            args.bootstrap
+        };
+        let mut bootstrap = Vec::new();
+        for b in bootstrap_raw.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            bootstrap
+                .push(b.parse::<Multiaddr>().map_err(|e| bad(format!("--bootstrap {b:?}: {e}")))?);
+        }
+        let members_raw =
+            if args.members.is_empty() { file.members.unwrap_or_default() } else { args.members };
+        let mut members = Vec::new();
+        for m in members_raw.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            let m = NodeId::new(m).map_err(|e| bad(format!("--members: {e}")))?;
+            if members.contains(&m) {
+                return Err(bad(format!("--members lists {m} twice")));
+            }
+            members.push(m);
+        }
+        if members.is_empty() {
+            return Err(bad(
+                "--members is required: the ring's node ids, e.g. --members n1,n2,n3,n4",
+            ));
+        }
+        if !members.contains(&id) {
+            return Err(bad(format!("--members must include this node's --id {id}")));
+        }
+        let secret_text = match (
+            pick(args.cluster_secret, file.cluster_secret),
+            pick(args.secret_file, file.secret_file),
+        ) {
+            (Some(s), _) => s,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map_err(|e| bad(format!("--secret-file {}: {e}", path.display())))?,
+            (None, None) => {
+                return Err(bad(
+                    "a cluster secret is required: --secret-file FILE or CAIRN_CLUSTER_SECRET",
+                ));
+            }
+        };
+        let secret =
+            ClusterSecret::parse(&secret_text).map_err(|e| bad(format!("cluster secret: {e}")))?;
+        let n = pick(args.replicas, file.replicas).unwrap_or(3);
+        let r = pick(args.read_quorum, file.read_quorum).unwrap_or(2);
+        let w = pick(args.write_quorum, file.write_quorum).unwrap_or(2);
+        if n == 0 || n > members.len() {
+            return Err(bad(format!(
+                "--replicas {n}: must be between 1 and the number of members ({})",
+                members.len()
+            )));
+        }
+        if r == 0 || r > n {
+            return Err(bad(format!("--read-quorum {r}: must be between 1 and --replicas ({n})")));
+        }
+        if w == 0 || w > n {
+            return Err(bad(format!("--write-quorum {w}: must be between 1 and --replicas ({n})")));
+        }
+        let sync_raw = pick(args.sync, file.sync).unwrap_or_else(|| "always".into());
+        let sync: SyncPolicy = sync_raw
+            .parse()
+            .map_err(|e| bad(format!("--sync {sync_raw:?}: {e} (always | interval:MS | never)")))?;
+        let max_object_size = pick(args.max_object_size, file.max_object_size)
+            .unwrap_or(cairn_api::DEFAULT_MAX_OBJECT_SIZE);
+        if max_object_size == 0 || max_object_size > cairn_engine::MAX_VALUE_SIZE_LIMIT / 2 {
+            return Err(bad(format!(
+                "--max-object-size {max_object_size}: must be between 1 and {}",
+                cairn_engine::MAX_VALUE_SIZE_LIMIT / 2
+            )));
+        }
+        let partitions = pick(args.partitions, file.partitions).unwrap_or(256);
+        if !partitions.is_power_of_two() || partitions < (n as u32) {
+            return Err(bad(format!(
+                "--partitions {partitions}: must be a power of two of at least --replicas"
+            )));
+        }
+        let request_timeout = Duration::from_millis(
+            pick(args.request_timeout_ms, file.request_timeout_ms).unwrap_or(3000),
+        );
+        if request_timeout < Duration::from_millis(10) {
+            return Err(bad("--request-timeout-ms must be at least 10"));
+        }
+        let heartbeat =
+            Duration::from_millis(pick(args.heartbeat_ms, file.heartbeat_ms).unwrap_or(1000));
+        if heartbeat < Duration::from_millis(10) {
+            return Err(bad("--heartbeat-ms must be at least 10"));
+        }
+        let phi_threshold = pick(args.phi_threshold, file.phi_threshold).unwrap_or(8.0);
+        if !(phi_threshold.is_finite() && phi_threshold > 0.0) {
+            return Err(bad("--phi-threshold must be a positive number"));
+        }
+        let mdns = pick(args.mdns, file.mdns).unwrap_or(false);
+        Ok(NodeConfig {
+            id,
+            data_dir,
+            http,
+            p2p,
+            bootstrap,
+            members,
+            secret,
+            n,
+            r,
+            w,
+            sync,
+            max_object_size,
+            partitions,
+            request_timeout,
+            heartbeat,
+            phi_threshold,
+            mdns,
+        })
+    }
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let config = match NodeConfig::resolve(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cairn")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(cfg: NodeConfig) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let epoch = identity::start_epoch(&cfg.data_dir)?;
+    let actor = Actor::new(cfg.id.clone(), epoch);
+
+    let engine_dir = cfg.data_dir.join("engine");
+    let engine = open_engine(&engine_dir, &cfg).await?;
+    let stats = engine.stats();
+    tracing::info!(
+        keys = stats.keys.iter().sum::<u64>(),
+        bytes = stats.total_bytes,
+        corrupt_skipped = stats.corrupt_records_skipped,
+        "storage opened"
+    );
+
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("binding the HTTP address {}", cfg.http))?;
+
+    let mut mcfg =
+        MembershipConfig::new(cfg.id.to_string(), &cfg.data_dir, cfg.p2p.clone(), cfg.secret);
+    mcfg.bootstrap = cfg.bootstrap.clone();
+    mcfg.http_addr = cfg.http.to_string();
+    mcfg.heartbeat_interval = cfg.heartbeat;
+    mcfg.phi_threshold = cfg.phi_threshold;
+    mcfg.mdns = cfg.mdns;
+    mcfg.request_timeout = cfg.request_timeout;
+    mcfg.max_message_size =
+        (cfg.max_object_size as usize).saturating_mul(2).max(1 << 20) + (1 << 20);
+    let (membership, inbound) = Membership::start(mcfg).await.context("starting membership")?;
+
+    let settings = Settings {
+        id: cfg.id.clone(),
+        members: cfg.members.clone(),
+        partitions: cfg.partitions,
+        n: cfg.n,
+        r: cfg.r,
+        w: cfg.w,
+        request_timeout: cfg.request_timeout,
+        max_siblings: cairn_node::node::DEFAULT_MAX_SIBLINGS,
+    };
+    let node = Node::new(
+        settings,
+        actor,
+        Store::new(Arc::clone(&engine)),
+        membership.clone(),
+        membership.view(),
+    )
+    .context("assembling the node")?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let server_task = tokio::spawn(server::serve(Arc::clone(&node), inbound));
+    let handoff_task =
+        tokio::spawn(handoff::run(Arc::clone(&node), membership.events(), shutdown_rx));
+
+    let api = cairn_api::router(
+        Arc::new(NodeBackend { node: Arc::clone(&node) }),
+        ApiConfig::new(cfg.max_object_size, cfg.n),
+    );
+    let p2p_addrs: Vec<String> = membership
+        .listen_addrs()
+        .iter()
+        .map(|a| format!("{a}/p2p/{}", membership.peer_id()))
+        .collect();
+    tracing::info!(
+        node = %cfg.id,
+        actor = %node.actor,
+        http = %cfg.http,
+        p2p = ?p2p_addrs,
+        members = ?cfg.members.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        n = cfg.n, r = cfg.r, w = cfg.w,
+        sync = ?cfg.sync,
+        "cairn node ready"
+    );
+    axum::serve(listener, api)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+
+    tracing::info!("shutting down: HTTP closed, stopping background work");
+    let _ = shutdown_tx.send(true);
+    let _ = handoff_task.await;
+    membership.shutdown().await;
+    server_task.abort();
+    let engine2 = Arc::clone(&engine);
+    tokio::task::spawn_blocking(move || engine2.sync()).await.context("final sync task")??;
+    drop(node);
+    identity::mark_clean(&cfg.data_dir)?;
+    tracing::info!("clean shutdown");
+    Ok(())
+}
+
+async fn open_engine(dir: &Path, cfg: &NodeConfig) -> Result<Arc<Engine>> {
+    let opts = cairn_engine::Options {
+        sync: cfg.sync,
+        max_value_size: cfg.max_object_size * 2 + (1 << 20),
+        background_compaction: Some(CompactionOptions::default()),
+        ..cairn_engine::Options::default()
+    };
+    let dir = dir.to_owned();
+    let engine = tokio::task::spawn_blocking(move || Engine::open(&dir, opts))
+        .await
+        .context("engine open task")?
+        .context("opening the storage engine")?;
+    Ok(Arc::new(engine))
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

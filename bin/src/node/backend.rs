@@ -1,0 +1,311 @@
+//! The node as the API's [`Backend`]: turns validated HTTP requests into coordinated operations
+//! and node errors into API errors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cairn_api::{
+    ApiError, Backend, BucketInfo as ApiBucket, BucketName, BucketReport,
+    ConflictPolicy as ApiPolicy, DeleteObject, FileEntry, FileList, GetObject, Health, ListFiles,
+    ObjectName, PutObject, ReadResult, WriteResult,
+};
+use cairn_membership::Transport;
+use cairn_replication::quorum::ReadReport;
+use cairn_replication::{Context, Meta};
+use serde_json::{Map, Value, json};
+
+use crate::node::buckets::{BucketInfo, ConflictPolicy};
+use crate::node::coordinator::BucketOutcome;
+use crate::node::keys::ObjectKey;
+use crate::node::messages::{WriteOp, WriteRequest};
+use crate::node::{Node, NodeError, now_ms};
+
+/// The API backend: a running node.
+pub struct NodeBackend<T: Transport> {
+    /// The node; shared with the inbound server and the handoff task.
+    pub node: Arc<Node<T>>,
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::NoSuchBucket(b) => ApiError::NoSuchBucket(b),
+            NodeError::BucketAlreadyExists(b) => ApiError::BucketAlreadyExists(b),
+            e @ NodeError::TooManySiblings { .. } => ApiError::TooManySiblings(e.to_string()),
+            NodeError::InvalidQuorum(m) => ApiError::InvalidArgument(m),
+            NodeError::WriteQuorum { acked, required, node, report, .. } => {
+                ApiError::WriteQuorumNotReached {
+                    message: format!("{acked} of {required} required replicas acknowledged"),
+                    node,
+                    report,
+                }
+            }
+            NodeError::Remote { code, message, .. } if code == "TooManySiblings" => {
+                ApiError::TooManySiblings(message)
+            }
+            e @ (NodeError::Unavailable(_) | NodeError::Remote { .. }) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            NodeError::Storage(cairn_engine::Error::Poisoned) => ApiError::Unavailable(
+                "this node's storage failed a sync and refuses writes; restart the node".into(),
+            ),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+fn policy_in(p: ApiPolicy) -> ConflictPolicy {
+    match p {
+        ApiPolicy::Siblings => ConflictPolicy::Siblings,
+        ApiPolicy::Lww => ConflictPolicy::Lww,
+    }
+}
+
+fn policy_out(p: ConflictPolicy) -> ApiPolicy {
+    match p {
+        ConflictPolicy::Siblings => ApiPolicy::Siblings,
+        ConflictPolicy::Lww => ApiPolicy::Lww,
+    }
+}
+
+fn bucket_report(o: BucketOutcome) -> BucketReport {
+    let mut details = Map::new();
+    details.insert("coordinator".into(), json!(o.node));
+    details.insert("replicas_written".into(), json!(o.replicas_written));
+    details.insert("hinted".into(), json!(o.hinted));
+    if let Some(b) = o.bucket {
+        details.insert("conflict".into(), json!(policy_out(b.policy).as_str()));
+    }
+    BucketReport { details }
+}
+
+impl<T: Transport> NodeBackend<T> {
+    async fn live_bucket(&self, b: &BucketName) -> Result<BucketInfo, ApiError> {
+        Ok(self.node.bucket(b.as_str()).await?)
+    }
+
+    fn key(info: &BucketInfo, name: &ObjectName) -> ObjectKey {
+        ObjectKey {
+            bucket: info.name.clone(),
+            incarnation: info.incarnation,
+            name: name.as_str().to_owned(),
+        }
+    }
+
+    async fn write(&self, req: WriteRequest, meta: Meta) -> Result<WriteResult, ApiError> {
+        let outcome = self.node.write(req).await?;
+        Ok(WriteResult {
+            node: outcome.node,
+            dot: outcome.dot,
+            meta,
+            context: Context(outcome.context),
+            report: outcome.report,
+        })
+    }
+}
+
+impl<T: Transport> Backend for NodeBackend<T> {
+    fn node_id(&self) -> &str {
+        self.node.id().as_str()
+    }
+
+    async fn create_bucket(
+        &self,
+        bucket: BucketName,
+        policy: ApiPolicy,
+    ) -> Result<BucketReport, ApiError> {
+        let out = self.node.create_bucket(bucket.as_str(), policy_in(policy)).await?;
+        Ok(bucket_report(out))
+    }
+
+    async fn delete_bucket(&self, bucket: BucketName) -> Result<BucketReport, ApiError> {
+        Ok(bucket_report(self.node.delete_bucket(bucket.as_str()).await?))
+    }
+
+    async fn list_buckets(&self) -> Result<Vec<ApiBucket>, ApiError> {
+        let mut out = Vec::new();
+        for b in self.node.list_buckets().await? {
+            // Names in the registry were validated when created; skip anything that is not.
+            if let Ok(name) = BucketName::new(b.name) {
+                out.push(ApiBucket { name, conflict: policy_out(b.policy) });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_files(&self, req: ListFiles) -> Result<FileList, ApiError> {
+        let info = self.live_bucket(&req.bucket).await?;
+        let (entries, more) =
+            self.node.list_files(&info, &req.prefix, req.cursor.as_deref(), req.limit).await?;
+        let next_cursor = if more { entries.last().map(|e| e.name.clone()) } else { None };
+        let files = entries
+            .into_iter()
+            .filter_map(|e| {
+                let name = ObjectName::new(e.name).ok()?;
+                Some(FileEntry { name, meta: e.meta, versions: e.versions })
+            })
+            .collect();
+        Ok(FileList { files, next_cursor })
+    }
+
+    async fn put_object(&self, req: PutObject) -> Result<WriteResult, ApiError> {
+        let info = self.live_bucket(&req.bucket).await?;
+        let meta = Meta {
+            size: req.body.len() as u64,
+            content_type: req.content_type,
+            etag: req.etag,
+            timestamp_ms: now_ms(),
+            file_name: req.file_name,
+        };
+        let wr = WriteRequest {
+            key: Self::key(&info, &req.name),
+            op: WriteOp::Put { meta: meta.clone(), body: req.body.to_vec() },
+            context: req.context.map(|c| c.0),
+            overwrite: req.overwrite,
+            w: req.w.unwrap_or(self.node.settings.w),
+            lww: info.policy == ConflictPolicy::Lww,
+            excluded: Vec::new(),
+        };
+        self.write(wr, meta).await
+    }
+
+    async fn delete_object(&self, req: DeleteObject) -> Result<WriteResult, ApiError> {
+        let info = self.live_bucket(&req.bucket).await?;
+        let ts = now_ms();
+        let meta = Meta { timestamp_ms: ts, ..Meta::default() };
+        let overwrite = req.context.is_none();
+        let wr = WriteRequest {
+            key: Self::key(&info, &req.name),
+            op: WriteOp::Delete { timestamp_ms: ts },
+            context: req.context.map(|c| c.0),
+            overwrite,
+            w: req.w.unwrap_or(self.node.settings.w),
+            lww: info.policy == ConflictPolicy::Lww,
+            excluded: Vec::new(),
+        };
+        self.write(wr, meta).await
+    }
+
+    async fn get_object(&self, req: GetObject) -> Result<ReadResult, ApiError> {
+        let info = self.live_bucket(&req.bucket).await?;
+        let key = Self::key(&info, &req.name);
+        let r = req.r.unwrap_or(self.node.settings.r);
+        let lww = info.policy == ConflictPolicy::Lww;
+        let node = Arc::clone(&self.node);
+        let outcome = match node.read(key, r, lww, req.local).await {
+            Ok(o) => o,
+            Err(NodeError::ReadQuorum { answered, required, report }) => {
+                return Err(ApiError::ReadQuorumNotReached {
+                    message: format!("{answered} of {required} required replicas answered"),
+                    node: self.node.id().to_string(),
+                    report,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let report = match outcome.report {
+            Some(r) => r,
+            None => {
+                let me = self.node.id().clone();
+                ReadReport {
+                    pref_list: Vec::new(),
+                    targets: Vec::new(),
+                    replicas_read: vec![me.clone()],
+                    not_found: if outcome.set.is_empty() { vec![me.clone()] } else { vec![] },
+                    hinted: Vec::new(),
+                    vector_clocks: BTreeMap::from([(me, outcome.set.join())]),
+                    read_repair: Vec::new(),
+                    failed: Vec::new(),
+                    timed_out: Vec::new(),
+                    required: 1,
+                    quorum_reached: true,
+                }
+            }
+        };
+        Ok(ReadResult { node: outcome.node, set: outcome.set, report })
+    }
+
+    async fn cluster(&self) -> Result<Value, ApiError> {
+        let node = &self.node;
+        let view = node.view();
+        let hints = node.hints_pending();
+        let primaries = node.ring.primary_counts();
+        let replicas = node.ring.replica_counts();
+        let members: Vec<Value> = node
+            .settings
+            .members
+            .iter()
+            .map(|m| {
+                let info = view.members.get(m.as_str());
+                json!({
+                    "id": m.as_str(),
+                    "status": info.map(|i| json!(i.status)).unwrap_or(json!("unknown")),
+                    "phi": info.map(|i| i.phi),
+                    "heartbeat_age_ms": info.and_then(|i| i.last_heartbeat_age).map(|d| d.as_millis() as u64),
+                    "peer_id": info.map(|i| i.announced.peer_id.clone()),
+                    "addresses": info.map(|i| i.announced.addresses.clone()),
+                    "http": info.map(|i| i.announced.http_addr.clone()),
+                    "version": info.map(|i| i.announced.version.clone()),
+                    "partitions_primary": primaries.get(m).copied().unwrap_or(0),
+                    "partitions_replica": replicas.get(m).copied().unwrap_or(0),
+                    "hints_pending_here": hints.get(m).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        Ok(json!({
+            "members": members,
+            "ring": {
+                "partitions": node.ring.partitions(),
+                "n": node.ring.n(),
+                "r": node.settings.r,
+                "w": node.settings.w,
+            },
+            "hints_pending": hints.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+        }))
+    }
+
+    async fn health(&self) -> Health {
+        let node = &self.node;
+        let healthy = node.store.engine().is_healthy();
+        let reachable = node.reachable().len();
+        let mut details = Map::new();
+        details.insert("storage".into(), json!(if healthy { "ok" } else { "poisoned" }));
+        details.insert("members_reachable".into(), json!(reachable));
+        details.insert("members".into(), json!(node.settings.members.len()));
+        Health { healthy, details }
+    }
+
+    fn metrics_text(&self) -> String {
+        let node = &self.node;
+        let mut out = String::new();
+        node.metrics.render(&mut out);
+        let s = node.store.engine().stats();
+        let gauges: [(&str, &str, f64); 6] = [
+            (
+                "cairn_engine_keys",
+                "Live keys in the engine (all keyspaces).",
+                s.keys.iter().sum::<u64>() as f64,
+            ),
+            ("cairn_engine_live_bytes", "Bytes of live records.", s.live_bytes as f64),
+            ("cairn_engine_total_bytes", "Bytes of all segment files.", s.total_bytes as f64),
+            ("cairn_engine_keydir_bytes", "Estimated keydir memory.", s.keydir_bytes as f64),
+            ("cairn_engine_healthy", "1 unless a sync failed.", if s.healthy { 1.0 } else { 0.0 }),
+            ("cairn_hints_pending", "Hints held for other nodes.", node.hints.lock().len() as f64),
+        ];
+        for (name, help, v) in gauges {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
+        }
+        let view = node.view();
+        out.push_str("# HELP cairn_member_up 1 if the member is up in this node's view.\n# TYPE cairn_member_up gauge\n");
+        for m in &node.settings.members {
+            let up = view.status(m.as_str()) == Some(cairn_membership::MemberStatus::Up)
+                || m == node.id();
+            out.push_str(&format!("cairn_member_up{{member=\"{m}\"}} {}\n", u8::from(up)));
+        }
+        out.push_str("# HELP cairn_member_phi Failure-detector phi of the member.\n# TYPE cairn_member_phi gauge\n");
+        for (id, info) in &view.members {
+            out.push_str(&format!("cairn_member_phi{{member=\"{id}\"}} {}\n", info.phi));
+        }
+        out
+    }
+}
