@@ -5,7 +5,9 @@
 //! input (bucket and object names, query parameters, context tokens, body sizes) before the
 //! backend sees it, streams uploads with a byte count, and renders the backend's replica reports
 //! as JSON. It is tested without a cluster through `tower::ServiceExt::oneshot` against
-//! [`testing::MemoryBackend`]. The route reference with examples is `docs/api.md`.
+//! [`testing::MemoryBackend`]. The route reference with examples is `docs/api.md`;
+//! `cargo run -p cairn-api --example memory_server` serves the router over that backend on
+//! 127.0.0.1 for trying it with curl.
 //!
 //! # Layout
 //! - [`backend`]: the [`Backend`] trait and the request/answer types crossing it.

@@ -240,14 +240,16 @@ pub async fn observe(State(obs): State<Observe>, req: Request, next: Next) -> Re
     let latency = start.elapsed();
     let status = resp.status().as_u16();
     obs.metrics.record(&method, &route, status, latency);
-    if let Some(ErrorCode(code)) = resp.extensions().get::<ErrorCode>() {
+    let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
+    if let Some(code) = code {
         obs.metrics.record_error(code);
     }
+    let code = code.unwrap_or("");
     let latency_ms = latency.as_secs_f64() * 1000.0;
     if resp.status().is_server_error() {
-        tracing::warn!(%method, %path, %route, status, latency_ms, "request failed");
+        tracing::warn!(%method, %path, %route, status, code, latency_ms, "request failed");
     } else {
-        tracing::info!(%method, %path, %route, status, latency_ms, "request");
+        tracing::info!(%method, %path, %route, status, code, latency_ms, "request");
     }
     resp
 }
