@@ -43,6 +43,10 @@ struct Args {
     /// Phi threshold for Down.
     #[arg(long, default_value_t = 8.0)]
     phi_threshold: f64,
+    /// Enable mDNS discovery (only inside a network namespace or a private network: it
+    /// multicasts on every interface).
+    #[arg(long)]
+    mdns: bool,
 }
 
 fn now_ms() -> u128 {
@@ -74,6 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.http_addr = args.http_addr;
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     config.phi_threshold = args.phi_threshold;
+    config.mdns = args.mdns;
     let (handle, mut inbound) = Membership::start(config).await?;
     let mut events = handle.events();
     line(&args.node_id, &args.node_id, "started");

@@ -211,6 +211,9 @@ impl Membership {
 
         // Wait for the first bound address so callers can hand it to other nodes.
         let mut listen_addrs = Vec::new();
+        // Other events seen meanwhile (an mDNS discovery, an inbound connection) are replayed
+        // by the task, not lost.
+        let mut early_events = Vec::new();
         let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
         while listen_addrs.is_empty() {
             let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
@@ -224,7 +227,7 @@ impl Membership {
                 SwarmEvent::ListenerClosed { reason, .. } => {
                     return Err(Error::Setup(format!("listener closed: {reason:?}")));
                 }
-                _ => {}
+                other => early_events.push(other),
             }
         }
 
@@ -272,6 +275,7 @@ impl Membership {
             bootstrap,
             bootstrap_peers: HashMap::new(),
             peer_backoff: HashMap::new(),
+            early_events,
         };
         let join = tokio::spawn(task.run());
         let handle = MembershipHandle {
@@ -544,10 +548,15 @@ struct Task {
     bootstrap_peers: HashMap<Multiaddr, PeerId>,
     /// Redial backoff per known member peer.
     peer_backoff: HashMap<PeerId, Backoff>,
+    /// Swarm events that arrived while `start` waited for the listener; handled first.
+    early_events: Vec<SwarmEvent<BehaviourEvent>>,
 }
 
 impl Task {
     async fn run(mut self) {
+        for ev in std::mem::take(&mut self.early_events) {
+            self.on_swarm_event(ev);
+        }
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut detector = tokio::time::interval(DETECTOR_TICK);
