@@ -165,11 +165,19 @@ fn object_path(uri: &Uri) -> Result<(crate::BucketName, ObjectName)> {
 }
 
 /// `GET`/`HEAD /buckets/{bucket}/{*file}?r=&local=&meta=&sibling=` (see READS above).
-pub async fn get_object<B: Backend>(State(app): State<App<B>>, uri: Uri) -> Response {
-    answer(&app.node, get_object_inner(&app, &uri).await)
+pub async fn get_object<B: Backend>(
+    State(app): State<App<B>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    answer(&app.node, get_object_inner(&app, &uri, &headers).await)
 }
 
-async fn get_object_inner<B: Backend>(app: &App<B>, uri: &Uri) -> Result<Response> {
+async fn get_object_inner<B: Backend>(
+    app: &App<B>,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response> {
     let (bucket, name) = object_path(uri)?;
     let params = Params::parse(uri)?;
     let r = params.quorum("r", app.config.replicas)?;
@@ -198,13 +206,13 @@ async fn get_object_inner<B: Backend>(app: &App<B>, uri: &Uri) -> Result<Respons
     if let Some(id) = sibling {
         let found = read.set.siblings().iter().find(|s| render::version_id(&s.dot) == id);
         return match found {
-            Some(s) if !s.value.is_tombstone() => Ok(bytes_response(&read, s, &context)),
+            Some(s) if !s.value.is_tombstone() => Ok(bytes_response(&read, s, &context, headers)),
             Some(_) => Err(ApiError::NoSuchVersion(format!("{id} is a delete marker"))),
             None => Err(ApiError::NoSuchVersion(id)),
         };
     }
     match read.set.siblings() {
-        [only] => Ok(bytes_response(&read, only, &context)),
+        [only] => Ok(bytes_response(&read, only, &context, headers)),
         _ => {
             let mut f = read_fields(&read);
             f.insert("name".into(), Value::String(name.to_string()));
@@ -238,14 +246,33 @@ fn set_header(resp: &mut Response, name: &'static str, value: &str) {
     }
 }
 
-/// The bytes of one live version with its headers.
-fn bytes_response(read: &ReadResult, s: &Dotted<Sibling>, context: &Context) -> Response {
-    let bytes = match &s.value.body {
-        SiblingBody::Bytes(b) => b.clone(),
-        SiblingBody::Tombstone => Vec::new(),
-    };
+/// True when `If-None-Match` lists this ETag (quoted, possibly weak `W/`) or is `*`.
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers.get_all(header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',').map(str::trim).any(|t| {
+            t == "*" || t.trim_start_matches("W/").trim_matches('"') == etag && !etag.is_empty()
+        })
+    })
+}
+
+/// The bytes of one live version with its headers; 304 Not Modified without the bytes when
+/// the request's `If-None-Match` already names this version's ETag.
+fn bytes_response(
+    read: &ReadResult,
+    s: &Dotted<Sibling>,
+    context: &Context,
+    request: &HeaderMap,
+) -> Response {
     let meta = &s.value.meta;
-    let mut resp = (StatusCode::OK, Body::from(bytes)).into_response();
+    let mut resp = if etag_matches(request, &meta.etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let bytes = match &s.value.body {
+            SiblingBody::Bytes(b) => b.clone(),
+            SiblingBody::Tombstone => Vec::new(),
+        };
+        (StatusCode::OK, Body::from(bytes)).into_response()
+    };
     let ctype = HeaderValue::from_str(&meta.content_type)
         .unwrap_or(HeaderValue::from_static(crate::DEFAULT_CONTENT_TYPE));
     resp.headers_mut().insert(header::CONTENT_TYPE, ctype);

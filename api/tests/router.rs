@@ -176,7 +176,7 @@ async fn overwrite_and_lww() {
     );
 }
 
-/// HEAD of a single version: status, length and ETag without the body.
+/// HEAD of a single version: status, length and ETag without the body; `If-None-Match`.
 #[tokio::test]
 async fn head_gives_headers_only() {
     let (app, _) = app();
@@ -187,6 +187,23 @@ async fn head_gives_headers_only() {
     assert!(a.body.is_empty());
     assert_eq!(a.header("content-length").unwrap(), "5");
     assert_eq!(a.header("etag").unwrap(), format!("\"{}\"", cairn_api::etag_of(b"hello")));
+    // A conditional GET with the current ETag is 304 without the bytes; another ETag gets them.
+    let etag = a.header("etag").unwrap();
+    let cond = |tag: String| {
+        axum::http::Request::builder()
+            .uri("/buckets/hd1/x.txt")
+            .header("if-none-match", tag)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let a = send(&app, cond(etag.clone())).await;
+    assert_eq!(a.status, StatusCode::NOT_MODIFIED);
+    assert!(a.body.is_empty());
+    assert_eq!(a.header("etag").unwrap(), etag);
+    let a = send(&app, cond(format!("\"other\", W/{etag}"))).await;
+    assert_eq!(a.status, StatusCode::NOT_MODIFIED);
+    let a = send(&app, cond("\"other\"".into())).await;
+    assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &b"hello"[..]));
     let a = call(&app, Method::HEAD, "/buckets/hd1/missing").await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
