@@ -18,6 +18,12 @@
 //! - `?meta=true`: the JSON read report (replicas read, their vector clocks, read repair) with
 //!   the siblings, whatever their number.
 //!
+//! This is Dynamo's client-side reconciliation (DeCandia et al., SOSP 2007, §4.4 "Data
+//! Versioning": a read returns all concurrent versions, the client reconciles them and writes
+//! back with the context, which collapses the branches), with the context being the DVV set's
+//! version vector (Almeida et al., DAIS 2014) rather than a list of clocks. Invariant: a client is never shown one version as *the* value
+//! while a concurrent version exists; it sees 300 and the context that supersedes them all.
+//!
 //! MULTIPART UPLOADS
 //! =================
 //! Parts are processed one at a time, in order. Each file part's name is validated from its

@@ -105,7 +105,8 @@ pub struct App<B> {
     /// The node, shared with whoever built the router (the node keeps its own `Arc` to run
     /// background work); lives as long as the longest holder.
     pub backend: Arc<B>,
-    /// The settings, immutable after [`router`].
+    /// The settings, immutable after [`router`]; every clone of `App` (one per request) reads
+    /// the same copy.
     pub config: Arc<ApiConfig>,
     /// The request metrics, written by the middleware and read by `GET /metrics`.
     pub metrics: Arc<Metrics>,
