@@ -228,7 +228,7 @@ async fn bad_input_gets_the_right_error_and_stores_nothing() {
         (reqwest::Method::POST, "/buckets/192.168.1.1", vec![], 400, "InvalidBucketName"),
         (
             reqwest::Method::POST,
-            &"/buckets/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "/buckets/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             vec![],
             400,
             "InvalidBucketName",
