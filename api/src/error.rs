@@ -70,6 +70,10 @@ pub enum ApiError {
     /// The route exists but not for this method (405 `MethodNotAllowed`).
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
+    /// The client stopped sending the body for longer than the idle limit
+    /// ([`crate::ApiConfig::body_idle_timeout`]) (408 `RequestTimeout`); nothing was stored.
+    #[error("no body data received for {0:?}")]
+    RequestTimeout(std::time::Duration),
     /// Creating a bucket that exists (409 `BucketAlreadyExists`).
     #[error("bucket {0:?} already exists")]
     BucketAlreadyExists(String),
@@ -168,6 +172,7 @@ impl ApiError {
             | ApiError::NoSuchVersion(_)
             | ApiError::NoSuchRoute(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::BucketAlreadyExists(_)
             | ApiError::BucketNotEmpty(_)
             | ApiError::TooManySiblings(_) => StatusCode::CONFLICT,
@@ -192,6 +197,7 @@ impl ApiError {
             ApiError::NoSuchVersion(_) => "NoSuchVersion",
             ApiError::NoSuchRoute(_) => "NoSuchRoute",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
+            ApiError::RequestTimeout(_) => "RequestTimeout",
             ApiError::BucketAlreadyExists(_) => "BucketAlreadyExists",
             ApiError::BucketNotEmpty(_) => "BucketNotEmpty",
             ApiError::TooManySiblings(_) => "TooManySiblings",
@@ -209,11 +215,13 @@ impl ApiError {
     }
 
     /// True when the same request may succeed later without change (quorum not reached, node
-    /// unavailable, or a sibling limit another client's resolving write can clear).
+    /// unavailable, a stalled upload, or a sibling limit another client's resolving write can
+    /// clear).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
             ApiError::WriteQuorumNotReached { .. }
+                | ApiError::RequestTimeout(_)
                 | ApiError::ReadQuorumNotReached { .. }
                 | ApiError::Unavailable(_)
                 | ApiError::TooManySiblings(_)
@@ -321,6 +329,7 @@ mod tests {
             ApiError::NoSuchVersion("x".into()),
             ApiError::NoSuchRoute("x".into()),
             ApiError::MethodNotAllowed("x".into()),
+            ApiError::RequestTimeout(std::time::Duration::from_secs(1)),
             ApiError::BucketAlreadyExists("x".into()),
             ApiError::BucketNotEmpty("x".into()),
             ApiError::TooManySiblings("x".into()),
@@ -332,7 +341,10 @@ mod tests {
         for e in &all {
             assert!(codes.insert(e.code()), "duplicate code {}", e.code());
             assert!(e.status().is_client_error() || e.status().is_server_error(), "{e:?}");
-            assert!(!(e.is_client_error() && e.is_retryable()) || e.code() == "TooManySiblings");
+            assert!(
+                !(e.is_client_error() && e.is_retryable())
+                    || ["TooManySiblings", "RequestTimeout"].contains(&e.code())
+            );
             let json = e.to_json("n1");
             assert_eq!(json["success"], false);
             assert_eq!(json["node"], "n1");

@@ -46,7 +46,7 @@ use serde_json::{Map, Value, json};
 use crate::backend::{Backend, DeleteObject, GetObject, ListFiles, PutObject, ReadResult};
 use crate::error::{ApiError, Result};
 use crate::names::{ObjectName, bucket_from_path, object_from_raw};
-use crate::params::{self, LimitedBuffer, Params};
+use crate::params::{self, LimitedBuffer, Params, within};
 use crate::render;
 use crate::{
     App, CONTEXT_HEADER, ConflictPolicy, FILE_FIELDS, MAX_CURSOR_LEN, MAX_LIST_LIMIT, NODE_HEADER,
@@ -320,7 +320,8 @@ pub async fn put_object<B: Backend>(
         let (w, context, overwrite) = write_options(&uri, &headers, app.config.replicas)?;
         let limit = app.config.max_object_size;
         params::check_content_length(&headers, limit)?;
-        let (body, etag) = params::read_body_limited(body, limit).await?;
+        let (body, etag) =
+            params::read_body_limited(body, limit, app.config.body_idle_timeout).await?;
         let req = PutObject {
             bucket,
             name: name.clone(),
@@ -427,14 +428,16 @@ async fn upload_inner<B: Backend>(
     params::check_content_length(headers, request_limit)?;
     let mut multipart = multipart.map_err(|e| ApiError::MalformedMultipart(e.body_text()))?;
     let mut request_bytes: u64 = 0;
-    while let Some(mut field) =
-        multipart.next_field().await.map_err(|e| multipart_error(e, request_limit))?
+    let idle = app.config.body_idle_timeout;
+    while let Some(mut field) = within(idle, multipart.next_field())
+        .await?
+        .map_err(|e| multipart_error(e, request_limit))?
     {
         let is_file = field.name().is_some_and(|n| FILE_FIELDS.contains(&n));
         if !is_file {
             // Other form fields are drained (they still count against the request limit).
             while let Some(chunk) =
-                field.chunk().await.map_err(|e| multipart_error(e, request_limit))?
+                within(idle, field.chunk()).await?.map_err(|e| multipart_error(e, request_limit))?
             {
                 request_bytes += chunk.len() as u64;
                 if request_bytes > request_limit {
@@ -454,7 +457,7 @@ async fn upload_inner<B: Backend>(
             .to_string();
         let mut buf = LimitedBuffer::new(app.config.max_object_size);
         while let Some(chunk) =
-            field.chunk().await.map_err(|e| multipart_error(e, request_limit))?
+            within(idle, field.chunk()).await?.map_err(|e| multipart_error(e, request_limit))?
         {
             request_bytes += chunk.len() as u64;
             if request_bytes > request_limit {

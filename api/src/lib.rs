@@ -21,6 +21,7 @@
 //! - [`testing`]: `MemoryBackend`, an in-memory backend for tests (this crate's and the node's).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -64,6 +65,10 @@ pub const MAX_LIST_LIMIT: usize = 1000;
 /// Longest accepted listing `cursor` (an object name, so 1024 bytes, plus slack for a backend's
 /// own encoding).
 pub const MAX_CURSOR_LEN: usize = 2048;
+/// Default longest wait for the next piece of a request body (30 s): a client that stalls
+/// longer gets 408 `RequestTimeout` and its upload is dropped, so a stalled upload cannot hold
+/// a buffer forever.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Field names of a multipart upload that carry files (the original service used
 /// `file_content`); other fields are read and ignored.
 pub const FILE_FIELDS: [&str; 2] = ["file_content", "file"];
@@ -79,6 +84,8 @@ pub struct ApiConfig {
     pub max_request_size: u64,
     /// The replication factor N: per-request `r` and `w` must be within `1..=replicas`.
     pub replicas: usize,
+    /// Longest wait for the next chunk of a request body (408 `RequestTimeout` after it).
+    pub body_idle_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -89,6 +96,7 @@ impl ApiConfig {
             max_object_size,
             max_request_size: max_object_size.saturating_mul(16),
             replicas: replicas.max(1),
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
         }
     }
 }
@@ -126,6 +134,9 @@ impl<B> Clone for App<B> {
 }
 
 /// Builds the API router over `backend` (routes in `docs/api.md`).
+///
+/// It must be served on a Tokio runtime with the time driver enabled (`enable_all()` or
+/// `#[tokio::main]`): body reads are bounded by [`ApiConfig::body_idle_timeout`].
 ///
 /// Layers, outermost first: [`metrics::observe`] (panic containment, metrics, logging), then
 /// `DefaultBodyLimit::disable()`: the handlers enforce [`ApiConfig::max_object_size`] and

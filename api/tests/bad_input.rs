@@ -316,3 +316,58 @@ async fn unknown_routes_and_methods_are_json() {
     let a = call(&app, Method::PUT, "/buckets/abc").await;
     assert_eq!((a.status, a.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"));
 }
+
+/// A client that stops sending mid-body gets 408 `RequestTimeout` after the idle limit and
+/// nothing is stored (raw PUT and multipart). The stalled stream never yields again, so the
+/// outcome does not depend on timing; the short limit only keeps the test fast.
+#[tokio::test]
+async fn stalled_uploads_are_408_and_not_stored() {
+    use futures::StreamExt;
+    use std::sync::Arc;
+
+    let backend = Arc::new(cairn_api::testing::MemoryBackend::new(
+        cairn_replication::NodeId::new("n1").unwrap(),
+        3,
+    ));
+    let config = cairn_api::ApiConfig {
+        body_idle_timeout: std::time::Duration::from_millis(100),
+        ..cairn_api::ApiConfig::new(MAX, 3)
+    };
+    let app = cairn_api::router(Arc::clone(&backend), config);
+    create_bucket(&app, "slow").await;
+    let stalled = |first: Vec<u8>| {
+        let s = futures::stream::iter(vec![Ok::<Bytes, std::io::Error>(Bytes::from(first))])
+            .chain(futures::stream::pending());
+        Body::from_stream(s)
+    };
+
+    let r = Request::builder()
+        .method(Method::PUT)
+        .uri("/buckets/slow/k")
+        .body(stalled(b"partial".to_vec()))
+        .unwrap();
+    let a = send(&app, r).await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"));
+
+    // One complete part, then the start of a second one, then silence.
+    let mut body = multipart_body(&[("file_content", Some("done"), None, b"complete")]);
+    body.truncate(body.len() - format!("--{BOUNDARY}--\r\n").len());
+    let second = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut\"\r\n\r\nhalf"
+    );
+    body.extend_from_slice(second.as_bytes());
+    let r = Request::builder()
+        .method(Method::POST)
+        .uri("/buckets/slow/files")
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .body(stalled(body))
+        .unwrap();
+    let a = send(&app, r).await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"));
+    // The complete part was stored and is reported; the stalled one was not.
+    assert_eq!(a.json()["files"][0]["name"], "done");
+    assert!(backend.stored("slow", "done").is_some());
+    assert!(backend.stored("slow", "k").is_none());
+    assert!(backend.stored("slow", "cut").is_none());
+    create_bucket(&app, "still-serving").await;
+}

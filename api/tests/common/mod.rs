@@ -23,7 +23,8 @@ pub const BOUNDARY: &str = "cairn-test-boundary-7MA4YWxkTrZu0gW";
 /// A router over a fresh in-memory backend named `n1` with N = 3.
 pub fn app() -> (Router, Arc<MemoryBackend>) {
     let backend = Arc::new(MemoryBackend::new(NodeId::new("n1").unwrap(), 3));
-    let config = ApiConfig { max_object_size: MAX, max_request_size: MAX_REQUEST, replicas: 3 };
+    let config =
+        ApiConfig { max_object_size: MAX, max_request_size: MAX_REQUEST, ..ApiConfig::new(MAX, 3) };
     (router(Arc::clone(&backend), config), backend)
 }
 
