@@ -100,8 +100,14 @@ async fn kill_one_node_writes_are_hinted_and_reach_it_when_it_returns() {
         assert_eq!((s, body), (200, format!("value {k}").into_bytes()));
     }
 
+    // Hints survive a restart of their holder: restart every other node (SIGTERM, then start)
+    // before n4 comes back.
+    for holder in 0..3 {
+        assert!(c.stop(holder).success());
+        c.restart(holder).await;
+    }
     c.restart(3).await;
-    c.wait_status(3, "up").await;
+    c.wait_all_up().await;
     c.wait_no_hints().await;
     for k in &owned_by_n4 {
         let (s, body, _) = c.read(3, &format!("/buckets/bkt/k{k}?local=true")).await;

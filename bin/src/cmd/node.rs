@@ -439,3 +439,52 @@ async fn shutdown_signal() {
         () = term => tracing::info!("SIGTERM received"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> Args {
+        Args::default()
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_do_not_give_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            r#"
+id = "n2"
+data_dir = "/var/lib/cairn"
+members = ["n1", "n2", "n3", "n4"]
+cluster_secret = "a passphrase that is long enough"
+http = "0.0.0.0:9000"
+sync = "interval:50"
+write_quorum = 3
+"#,
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(file);
+        a.write_quorum = Some(1);
+        let c = NodeConfig::resolve(a).unwrap();
+        assert_eq!(c.id.as_str(), "n2");
+        assert_eq!(c.members.len(), 4);
+        assert_eq!(c.http.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.sync, SyncPolicy::Interval(Duration::from_millis(50)));
+        assert_eq!(c.w, 1, "the flag wins over the file");
+        assert_eq!((c.n, c.r), (3, 2), "defaults");
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "id = \"n1\"\nreplicaz = 3\n").unwrap();
+        let mut a = args();
+        a.config = Some(file);
+        let err = NodeConfig::resolve(a).unwrap_err().to_string();
+        assert!(err.contains("replicaz"), "{err}");
+    }
+}
