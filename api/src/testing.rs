@@ -162,10 +162,6 @@ impl MemoryBackend {
             let context = (!set.join().is_empty()).then(|| Context(set.join()));
             return Err(ApiError::NoSuchKey { name: key.1.to_string(), context });
         }
-        if up < w {
-            let report = self.write_report(up, w, &VersionVector::new());
-            return Err(ApiError::write_quorum(self.node.as_str(), report));
-        }
         let ctx = context.map(|c| c.0).unwrap_or_else(|| set.join());
         let meta = value.meta.clone();
         let dot: Dot = set.update_limited(&ctx, value, &self.actor, SIBLING_LIMIT)?;
@@ -173,6 +169,11 @@ impl MemoryBackend {
             set.resolve_lww();
         }
         let vv = set.join();
+        if up < w {
+            // Report the clocks the acknowledging replicas would hold, but store nothing.
+            let report = self.write_report(up, w, &vv);
+            return Err(ApiError::write_quorum(self.node.as_str(), report));
+        }
         st.objects.insert(key, set);
         Ok(WriteResult {
             node: self.node.to_string(),

@@ -312,6 +312,8 @@ async fn write_quorum_failure_is_503_with_report() {
     assert_eq!(j["error"]["message"], "1 of 2 required replicas acknowledged");
     assert_eq!(j["replicas_written"], serde_json::json!(["n1"]));
     assert_eq!(j["failed"], serde_json::json!(["r2", "r3"]));
+    assert_eq!(j["vector_clocks"]["n1"]["n1#1"], 1);
+    assert!(backend.stored("wq1", "k").is_none());
     assert_eq!(j["pref_list"], serde_json::json!(["n1", "r2", "r3"]));
     assert_eq!(j["w"], 2);
     let a = send(&app, req_body(Method::PUT, "/buckets/wq1/k?w=1", "x")).await;
