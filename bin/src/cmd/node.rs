@@ -240,10 +240,10 @@ impl NodeConfig {
             .map_err(|e| bad(format!("--sync {sync_raw:?}: {e} (always | interval:MS | never)")))?;
         let max_object_size = pick(args.max_object_size, file.max_object_size)
             .unwrap_or(cairn_api::DEFAULT_MAX_OBJECT_SIZE);
-        if max_object_size == 0 || max_object_size > cairn_engine::MAX_VALUE_SIZE_LIMIT / 2 {
+        if max_object_size == 0 || max_object_size > cairn_engine::MAX_VALUE_SIZE_LIMIT / 8 {
             return Err(bad(format!(
                 "--max-object-size {max_object_size}: must be between 1 and {}",
-                cairn_engine::MAX_VALUE_SIZE_LIMIT / 2
+                cairn_engine::MAX_VALUE_SIZE_LIMIT / 8
             )));
         }
         let partitions = pick(args.partitions, file.partitions).unwrap_or(256);
@@ -336,8 +336,8 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
     mcfg.phi_threshold = cfg.phi_threshold;
     mcfg.mdns = cfg.mdns;
     mcfg.request_timeout = cfg.request_timeout;
-    mcfg.max_message_size =
-        (cfg.max_object_size as usize).saturating_mul(2).max(1 << 20) + (1 << 20);
+    // Sibling sets travel whole: the largest message is the largest stored set plus framing.
+    mcfg.max_message_size = engine_max_value(cfg.max_object_size) as usize + (1 << 20);
     let (membership, inbound) = Membership::start(mcfg).await.context("starting membership")?;
 
     let settings = Settings {
@@ -403,7 +403,7 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
 async fn open_engine(dir: &Path, cfg: &NodeConfig) -> Result<Arc<Engine>> {
     let opts = cairn_engine::Options {
         sync: cfg.sync,
-        max_value_size: cfg.max_object_size * 2 + (1 << 20),
+        max_value_size: engine_max_value(cfg.max_object_size),
         background_compaction: Some(CompactionOptions::default()),
         ..cairn_engine::Options::default()
     };
@@ -413,6 +413,15 @@ async fn open_engine(dir: &Path, cfg: &NodeConfig) -> Result<Arc<Engine>> {
         .context("engine open task")?
         .context("opening the storage engine")?;
     Ok(Arc::new(engine))
+}
+
+/// Largest stored sibling set: room for four concurrent versions of the largest object plus
+/// metadata. A write that would store more is refused (409) and the client resolves the siblings.
+fn engine_max_value(max_object_size: u64) -> u64 {
+    max_object_size
+        .saturating_mul(4)
+        .saturating_add(1 << 20)
+        .min(cairn_engine::MAX_VALUE_SIZE_LIMIT)
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).

@@ -46,6 +46,12 @@ impl From<NodeError> for ApiError {
             e @ (NodeError::Unavailable(_) | NodeError::Remote { .. }) => {
                 ApiError::Unavailable(e.to_string())
             }
+            NodeError::Storage(cairn_engine::Error::ValueTooLarge { size, max }) => {
+                ApiError::TooManySiblings(format!(
+                    "the object's concurrent versions together take {size} bytes, over the \
+                     storage limit of {max}; read it and write back with its context to resolve them"
+                ))
+            }
             NodeError::Storage(cairn_engine::Error::Poisoned) => ApiError::Unavailable(
                 "this node's storage failed a sync and refuses writes; restart the node".into(),
             ),

@@ -397,6 +397,11 @@ impl<T: Transport> Node<T> {
                     dot = Some(set.update_limited(&ctx, value, &actor, max)?);
                     if lww {
                         set.resolve_lww();
+                    } else if set.len() > max / 2 {
+                        tracing::warn!(
+                            key = %key.name, siblings = set.len(), limit = max,
+                            "many concurrent versions: clients should write back with the read's context"
+                        );
                     }
                     Ok(())
                 })?;
