@@ -128,6 +128,10 @@ pub struct ErrorCode(pub &'static str);
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, ApiError>;
 
+/// `Retry-After` of every 503 answer, in seconds: quorum failures and unavailability are
+/// usually over within the failure detector's few seconds, so a short, fixed hint.
+const RETRY_AFTER_SECS: &str = "1";
+
 /// The message sent for [`ApiError::Internal`]; the real detail only goes to the log.
 const INTERNAL_MESSAGE: &str = "internal error; the detail is in the node's log";
 
@@ -286,6 +290,12 @@ impl ApiError {
             && let Ok(v) = HeaderValue::from_str(&ctx.to_token())
         {
             resp.headers_mut().insert(CONTEXT_HEADER, v);
+        }
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
         }
         resp.extensions_mut().insert(ErrorCode(self.code()));
         resp

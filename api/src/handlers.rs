@@ -375,7 +375,11 @@ pub async fn post_object<B: Backend>(State(app): State<App<B>>, uri: Uri) -> Res
             "POST (uploads go to POST /buckets/{bucket}/files; use PUT for one object)".into(),
         ))
     };
-    answer(&app.node, inner.await)
+    let mut resp = answer(&app.node, inner.await);
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        set_header(&mut resp, "allow", allowed_methods(uri.path()));
+    }
+    resp
 }
 
 /// Maps a multipart stream error: 413 when the body limit fired, else 400.
@@ -541,6 +545,25 @@ pub async fn no_route<B: Backend>(State(app): State<App<B>>, method: Method, uri
 }
 
 /// A known path with a method it does not support: 405 `MethodNotAllowed`.
-pub async fn method_not_allowed<B: Backend>(State(app): State<App<B>>, method: Method) -> Response {
-    ApiError::MethodNotAllowed(method.to_string()).to_response(&app.node)
+pub async fn method_not_allowed<B: Backend>(
+    State(app): State<App<B>>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    let mut resp = ApiError::MethodNotAllowed(method.to_string()).to_response(&app.node);
+    set_header(&mut resp, "allow", allowed_methods(uri.path()));
+    resp
+}
+
+/// The methods a path supports, for the `Allow` header of a 405 (RFC 9110 §15.5.6), following
+/// the route table in [`crate::router`].
+pub fn allowed_methods(path: &str) -> &'static str {
+    match path.strip_prefix("/buckets/") {
+        None => "GET, HEAD",
+        Some(rest) => match rest.split_once('/') {
+            None => "GET, HEAD, POST, DELETE",
+            Some((_, "files")) => "GET, HEAD, PUT, DELETE, POST",
+            Some(_) => "GET, HEAD, PUT, DELETE",
+        },
+    }
 }

@@ -313,8 +313,15 @@ async fn unknown_routes_and_methods_are_json() {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     let a = call(&app, Method::PATCH, "/buckets").await;
     assert_eq!((a.status, a.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"));
+    assert_eq!(a.header("allow").unwrap(), "GET, HEAD");
     let a = call(&app, Method::PUT, "/buckets/abc").await;
     assert_eq!((a.status, a.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"));
+    assert_eq!(a.header("allow").unwrap(), "GET, HEAD, POST, DELETE");
+    let a = call(&app, Method::PATCH, "/buckets/abc/files").await;
+    assert_eq!(a.header("allow").unwrap(), "GET, HEAD, PUT, DELETE, POST");
+    let a = call(&app, Method::POST, "/buckets/abc/some/object").await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"));
+    assert_eq!(a.header("allow").unwrap(), "GET, HEAD, PUT, DELETE");
 }
 
 /// A client that stops sending mid-body gets 408 `RequestTimeout` after the idle limit and

@@ -316,6 +316,7 @@ async fn write_quorum_failure_is_503_with_report() {
     assert!(backend.stored("wq1", "k").is_none());
     assert_eq!(j["pref_list"], serde_json::json!(["n1", "r2", "r3"]));
     assert_eq!(j["w"], 2);
+    assert_eq!(a.header("retry-after").unwrap(), "1");
     let a = send(&app, req_body(Method::PUT, "/buckets/wq1/k?w=1", "x")).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json()["w"], 1);
