@@ -389,3 +389,44 @@ async fn a_panic_is_a_500_and_the_router_survives() {
     let a = call(&app, Method::GET, "/buckets/pn1/k").await;
     assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &b"v"[..]));
 }
+
+/// A delete with a stale context removes only what it saw: the concurrent write survives, the
+/// read shows both (the delete marked `deleted`), and the delete marker cannot be fetched.
+#[tokio::test]
+async fn delete_concurrent_with_a_write_is_shown_as_a_conflict() {
+    let (app, _) = app();
+    create_bucket(&app, "dc1").await;
+    let first = put(&app, "/buckets/dc1/k", b"one", None).await;
+    let second = put(&app, "/buckets/dc1/k", b"two", None).await;
+    let r = axum::http::Request::builder()
+        .method(Method::DELETE)
+        .uri("/buckets/dc1/k")
+        .header("x-cairn-context", first["context"].as_str().unwrap())
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let del = send(&app, r).await;
+    assert_eq!(del.status, StatusCode::OK);
+    let a = call(&app, Method::GET, "/buckets/dc1/k").await;
+    assert_eq!(a.status, StatusCode::MULTIPLE_CHOICES);
+    let sibs = a.json()["siblings"].as_array().unwrap().clone();
+    assert_eq!(sibs.len(), 2);
+    let live: Vec<_> = sibs.iter().filter(|s| s["deleted"] == false).collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0]["id"], second["version"]);
+    let marker = sibs.iter().find(|s| s["deleted"] == true).unwrap();
+    assert_eq!(marker["id"], del.json()["version"]);
+    let uri = format!("/buckets/dc1/k?sibling={}", marker["id"].as_str().unwrap());
+    let a = call(&app, Method::GET, &uri).await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::NOT_FOUND, "NoSuchVersion"));
+    // Deleting with the read's context settles it: 404 with a context.
+    let ctx = call(&app, Method::GET, "/buckets/dc1/k").await.header("x-cairn-context").unwrap();
+    let r = axum::http::Request::builder()
+        .method(Method::DELETE)
+        .uri("/buckets/dc1/k")
+        .header("x-cairn-context", ctx)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, r).await.status, StatusCode::OK);
+    let a = call(&app, Method::GET, "/buckets/dc1/k").await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::NOT_FOUND, "NoSuchKey"));
+}
