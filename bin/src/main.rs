@@ -50,6 +50,8 @@ enum Command {
     /// Print the records of a data directory (offset, type, key, sizes, CRC status), or verify every
     /// checksum with --verify. Reads without taking the lock; safe on a live node's directory.
     Inspect(cmd::inspect::Args),
+    /// Exit 0 if a node's /health answers 200 (for container health checks), 1 otherwise.
+    Healthcheck(cmd::healthcheck::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::DevCluster(args) => cmd::dev_cluster::run(args),
         Command::Compact(args) => cmd::compact::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Healthcheck(args) => cmd::healthcheck::run(args),
     };
     match result {
         Ok(code) => code,

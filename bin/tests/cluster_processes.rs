@@ -402,3 +402,25 @@ fn bad_settings_are_one_clear_line_and_exit_code_2() {
         assert!(err.contains(names), "{args:?}: does not name {names}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_cannot_reach_w_is_a_503_with_the_replica_report() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.create_bucket(0, "quorum", "").await;
+    c.kill9(1);
+    c.kill9(2);
+    c.wait_status(1, "down").await;
+    c.wait_status(2, "down").await;
+    let (s, v) = c.put(0, "/buckets/quorum/x", b"alone", None).await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["success"], false);
+    assert_eq!(v["error"]["code"], "WriteQuorumNotReached", "{v}");
+    assert_eq!(names(&v["replicas_written"]), vec!["n1".to_owned()], "{v}");
+    // The local replica kept the write (it may still reach the others by hinted handoff).
+    let (s, body, _) = c.read(0, "/buckets/quorum/x?local=true").await;
+    assert_eq!((s, body.as_slice()), (200, &b"alone"[..]));
+    // R=2 cannot be met either: 503 for reads too.
+    let (s, v) = c.get(&c.http[0], "/buckets/quorum/x").await.unwrap();
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "ReadQuorumNotReached", "{v}");
+}

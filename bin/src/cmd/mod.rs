@@ -2,6 +2,7 @@
 
 pub mod compact;
 pub mod dev_cluster;
+pub mod healthcheck;
 pub mod http;
 pub mod inspect;
 pub mod node;
