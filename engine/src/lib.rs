@@ -10,7 +10,7 @@
 //! atomically per key. The byte format is in `docs/engine-format.md` and on [`Engine`].
 //!
 //! # Layout
-//! - [`engine`](crate::Engine): keydir, read path, write path, group commit, background threads.
+//! - `engine`: [`Engine`], keydir, read path, write path, group commit, background threads.
 //! - `record`: the record format (const offset chain), encoder, decoder and resyncing scanner.
 //! - `recovery`: opening a directory (lock, interrupted compaction, hints, torn-tail truncation).
 //! - `compaction`: rewriting sealed segments and the crash-safe switch-over.
