@@ -98,6 +98,9 @@ pub enum ApiError {
         message: String,
         /// The coordinator that ran the write.
         node: String,
+        /// The key's causal context after the partial write, when the backend knows it: a client
+        /// that retries with it supersedes the partial write instead of adding a sibling beside it.
+        context: Option<Context>,
         /// The partial replica report.
         report: Box<WriteReport>,
     },
@@ -146,6 +149,7 @@ impl ApiError {
                 report.required
             ),
             node: node.into(),
+            context: None,
             report: Box::new(report),
         }
     }
@@ -253,8 +257,11 @@ impl ApiError {
             ApiError::NoSuchKey { context: Some(ctx), .. } => {
                 body.insert("context".into(), Value::String(ctx.to_token()));
             }
-            ApiError::WriteQuorumNotReached { node: coordinator, report, .. } => {
+            ApiError::WriteQuorumNotReached { node: coordinator, report, context, .. } => {
                 body.insert("coordinator".into(), Value::String(coordinator.clone()));
+                if let Some(ctx) = context {
+                    body.insert("context".into(), Value::String(ctx.to_token()));
+                }
                 for (k, v) in crate::render::write_report_fields(report) {
                     body.insert(k, v);
                 }

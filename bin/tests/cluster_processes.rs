@@ -416,6 +416,7 @@ async fn a_write_that_cannot_reach_w_is_a_503_with_the_replica_report() {
     assert_eq!(v["success"], false);
     assert_eq!(v["error"]["code"], "WriteQuorumNotReached", "{v}");
     assert_eq!(names(&v["replicas_written"]), vec!["n1".to_owned()], "{v}");
+    assert!(v["context"].as_str().is_some_and(|c| !c.is_empty()), "a 503 carries the context: {v}");
     // The local replica kept the write (it may still reach the others by hinted handoff).
     let (s, body, _) = c.read(0, "/buckets/quorum/x?local=true").await;
     assert_eq!((s, body.as_slice()), (200, &b"alone"[..]));

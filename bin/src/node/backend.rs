@@ -33,10 +33,11 @@ impl From<NodeError> for ApiError {
             NodeError::BucketAlreadyExists(b) => ApiError::BucketAlreadyExists(b),
             e @ NodeError::TooManySiblings { .. } => ApiError::TooManySiblings(e.to_string()),
             NodeError::InvalidQuorum(m) => ApiError::InvalidArgument(m),
-            NodeError::WriteQuorum { acked, required, node, report, .. } => {
+            NodeError::WriteQuorum { acked, required, node, context, report } => {
                 ApiError::WriteQuorumNotReached {
                     message: format!("{acked} of {required} required replicas acknowledged"),
                     node,
+                    context: Some(Context(context)),
                     report,
                 }
             }
