@@ -272,8 +272,8 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     Ok(r)
 }
 
-/// A human-readable dump of every segment: per record its offset, decoded fields and the bytes in hex.
-/// The golden test pins the on-disk format with it.
+/// A human-readable dump of every segment (per record its offset, decoded fields and the bytes in hex)
+/// and of every hint file (header, entries). The golden tests pin the on-disk formats with it.
 pub fn dump(dir: &Path) -> Result<String> {
     let mut out = String::new();
     for id in list_segments(dir)? {
@@ -308,8 +308,46 @@ pub fn dump(dir: &Path) -> Result<String> {
                 }
             }
         }
+        let hpath = hint_path(dir, id);
+        if let Ok(h) = fs::read(&hpath) {
+            dump_hint(&mut out, id, &h);
+        }
     }
     Ok(out)
+}
+
+/// Appends a hint file's header fields, entries and header hex to `out`.
+fn dump_hint(out: &mut String, id: u64, h: &[u8]) {
+    let _ = writeln!(out, "hint {id:010} ({} bytes)", h.len());
+    let header_len = hint::CONTAINER_HEADER_LEN.min(h.len());
+    let _ = writeln!(out, "  header {}", hex(&h[..header_len]));
+    match hint::decode_container(h, hint::HINT_MAGIC) {
+        Ok((segment_len, body)) => {
+            let _ = writeln!(out, "  segment_len={segment_len} body_len={}", body.len());
+            let _ = writeln!(out, "  body   {}", hex(body));
+            match rmp_serde::from_slice::<Vec<hint::HintEntry>>(body) {
+                Ok(entries) => {
+                    for e in entries {
+                        let _ = writeln!(
+                            out,
+                            "  entry keyspace={} kind={} offset={} len={} key={:?}",
+                            e.keyspace,
+                            e.kind,
+                            e.offset,
+                            e.len,
+                            String::from_utf8_lossy(&e.key)
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "  undecodable body: {e}");
+                }
+            }
+        }
+        Err(why) => {
+            let _ = writeln!(out, "  invalid: {why}");
+        }
+    }
 }
 
 fn hex(b: &[u8]) -> String {
