@@ -128,6 +128,10 @@ pub struct MembershipConfig {
     pub request_timeout: Duration,
     /// Maximum size of one request or response payload.
     pub max_message_size: usize,
+    /// Run the swarm on its own OS thread and single-threaded tokio runtime (default true), so
+    /// heartbeats and failure detection are off the data path: a node whose main runtime is
+    /// saturated by requests still heartbeats on time and is not declared down.
+    pub dedicated_thread: bool,
 }
 
 impl MembershipConfig {
@@ -152,6 +156,7 @@ impl MembershipConfig {
             mdns: false,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            dedicated_thread: true,
         }
     }
 

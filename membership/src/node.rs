@@ -139,7 +139,10 @@ pub struct Membership;
 
 impl Membership {
     /// Loads (or creates) the keypair, builds the swarm, starts listening, dials the bootstrap
-    /// peers and spawns the swarm task on the current tokio runtime.
+    /// peers and starts the swarm task: on a dedicated OS thread with its own single-threaded
+    /// tokio runtime when [`MembershipConfig::dedicated_thread`] is set (the default: heartbeats
+    /// and the detector keep their rhythm however busy the node's main runtime is), otherwise
+    /// as a task on the current runtime.
     ///
     /// Returns once the listener is bound (so [`MembershipHandle::listen_addrs`] is usable as a
     /// bootstrap address for other nodes), with the handle and the receiver of inbound requests
@@ -148,6 +151,46 @@ impl Membership {
         config: MembershipConfig,
     ) -> Result<(MembershipHandle, mpsc::Receiver<InboundRequest>)> {
         config.validate()?;
+        if !config.dedicated_thread {
+            let (handle, inbound, task) = Self::prepare(config).await?;
+            tokio::spawn(task.run());
+            return Ok((handle, inbound));
+        }
+        let (tx, rx) = oneshot::channel();
+        let name = format!("membership-{}", config.node_id);
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(Error::Setup(format!("membership runtime: {e}"))));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Self::prepare(config).await {
+                        Ok((handle, inbound, task)) => {
+                            // If the caller went away, the handle is dropped and nothing runs.
+                            if tx.send(Ok((handle, inbound))).is_ok() {
+                                task.run().await;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| Error::Setup(format!("spawning the membership thread: {e}")))?;
+        rx.await.map_err(|_| Error::Setup("membership thread exited during start".into()))?
+    }
+
+    /// Builds everything and binds the listener, on the runtime that will run the task (the
+    /// sockets are registered with the current runtime's reactor).
+    async fn prepare(
+        config: MembershipConfig,
+    ) -> Result<(MembershipHandle, mpsc::Receiver<InboundRequest>, Task)> {
         ensure_port_free(&config.listen)?;
         let keypair = load_or_create_keypair(&config.data_dir)?;
         let incarnation = next_incarnation(&config.data_dir)?;
@@ -277,7 +320,6 @@ impl Membership {
             peer_backoff: HashMap::new(),
             early_events,
         };
-        let join = tokio::spawn(task.run());
         let handle = MembershipHandle {
             inner: Arc::new(HandleInner {
                 node_id: node_id_of(&view_rx),
@@ -289,10 +331,9 @@ impl Membership {
                 view_rx,
                 events_tx,
                 inbound_tx,
-                join: parking_lot::Mutex::new(Some(join)),
             }),
         };
-        Ok((handle, inbound_rx))
+        Ok((handle, inbound_rx, task))
     }
 }
 
@@ -373,8 +414,8 @@ struct HandleInner {
     request_timeout: Duration,
     max_message_size: usize,
     /// To the swarm task (which holds the receiver). Bounded so a flood of requests waits
-    /// instead of growing memory; closed when the task exits, after which requests fail with
-    /// [`Error::Shutdown`].
+    /// instead of growing memory; closed when the task exits (after it dropped the swarm), after
+    /// which requests fail with [`Error::Shutdown`].
     cmd_tx: mpsc::Sender<Command>,
     /// Latest member view; the task holds the sender and replaces the value every
     /// [`DETECTOR_TICK`]. `changed()` errors once the task has exited.
@@ -383,8 +424,6 @@ struct HandleInner {
     events_tx: broadcast::Sender<MemberEvent>,
     /// Clone of the inbound queue sender, for requests a node sends to itself.
     inbound_tx: mpsc::Sender<InboundRequest>,
-    /// The swarm task, taken by [`MembershipHandle::shutdown`] to await its end.
-    join: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl MembershipHandle {
@@ -427,10 +466,9 @@ impl MembershipHandle {
         if self.inner.cmd_tx.send(Command::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
-        let join = self.inner.join.lock().take();
-        if let Some(join) = join {
-            let _ = join.await;
-        }
+        // The task drops its command receiver on exit (after the swarm): wait for that too, in
+        // case another clone's shutdown was the one that stopped it.
+        self.inner.cmd_tx.closed().await;
     }
 
     async fn request_inner(&self, to: &str, payload: Bytes) -> Result<Bytes> {

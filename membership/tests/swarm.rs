@@ -215,6 +215,7 @@ async fn wrong_secret_is_never_admitted() {
     // Make n1 dial the intruder too: it is on n1's bootstrap list as well.
     let mut c = config("n4", dirs[2].path().join("n4").as_path(), good);
     c.bootstrap = vec![h1.listen_addrs()[0].clone(), h3.listen_addrs()[0].clone()];
+    c.dedicated_thread = false; // also exercise the swarm running on the caller's runtime
     let (h4, rx4) = Membership::start(c).await.unwrap();
     echo("n4", rx4);
 
@@ -290,4 +291,31 @@ async fn port_in_use_and_bad_config_fail_at_start() {
     h1.shutdown().await;
     // After shutdown the handle refuses work instead of hanging.
     assert!(matches!(h1.request("n2", Bytes::new()).await, Err(Error::Shutdown)));
+}
+
+/// The swarm runs on its own thread: a node whose main runtime is starved (here: a blocking
+/// call on the only runtime thread, for longer than the ~3 s detection time) keeps
+/// heartbeating and detecting, so nobody is declared down.
+#[tokio::test(flavor = "current_thread")]
+async fn starved_main_runtime_causes_no_false_down() {
+    let s = secret("test cluster secret number six");
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (h1, _rx1) = start("n1", dirs[0].path(), None, s).await;
+    let (h2, _rx2) = start("n2", dirs[1].path(), Some(&h1), s).await;
+    for h in [&h1, &h2] {
+        wait_view(&mut h.view(), "both up", all_up(&["n1", "n2"])).await;
+    }
+    let mut events = h1.events();
+    let before = h1.view().borrow().members["n2"].heartbeats;
+    // Deliberately block this runtime's only thread (the scenario under test, not a wait).
+    std::thread::sleep(Duration::from_secs(5));
+    let v = h1.view().borrow().clone();
+    assert_eq!(v.status("n2"), Some(MemberStatus::Up));
+    assert!(v.members["n2"].heartbeats >= before + 3, "heartbeats stopped while starved");
+    while let Ok(e) = events.try_recv() {
+        assert!(!matches!(e, MemberEvent::Down(_)), "false down: {e:?}");
+    }
+    for h in [h1, h2] {
+        h.shutdown().await;
+    }
 }
