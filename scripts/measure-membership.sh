@@ -10,6 +10,7 @@
 #
 # Uses the `member` example (debug build, crypto crates optimised by the workspace profile;
 # PROFILE=release for a release build). Default settings: 1 s heartbeats, phi threshold 8.
+# NODE_NICE=19 runs the members at the lowest CPU priority (harsher than the busy loops).
 # Output: JSON lines per member in $WORK/nN.out, a summary on stdout. Every process started
 # here is stopped by its PID on exit.
 set -euo pipefail
@@ -19,6 +20,7 @@ MODE=${1:-kill}
 ARG=${2:-}
 BASE_PORT=${BASE_PORT:-47101}
 PROFILE=${PROFILE:-dev}
+NODE_NICE=${NODE_NICE:-0}
 WORK=$(mktemp -d /tmp/cairn-membership-measure.XXXXXX)
 SECRET="measurement cluster secret, not for production"
 NODES=(n1 n2 n3 n4)
@@ -50,7 +52,7 @@ start_node() {
   for m in "${NODES[@]}"; do
     [[ $m == "$n" ]] || args+=(--bootstrap "/ip4/127.0.0.1/tcp/${PORT[$m]}")
   done
-  CAIRN_CLUSTER_SECRET="$SECRET" "$BIN" --node-id "$n" --data-dir "$WORK/$n" \
+  CAIRN_CLUSTER_SECRET="$SECRET" nice -n "$NODE_NICE" "$BIN" --node-id "$n" --data-dir "$WORK/$n" \
     --listen "/ip4/127.0.0.1/tcp/${PORT[$n]}" --http-addr "127.0.0.1:$((PORT[$n] + 1000))" \
     "${args[@]}" >>"$WORK/$n.out" 2>>"$WORK/$n.err" &
   PID[$n]=$!
@@ -135,7 +137,7 @@ soak)
     s=$(jq -r --argjson t "$t_soak" 'select(.t_ms >= $t and .status == "suspect") | .member' "$WORK/$o.out" | wc -l)
     downs=$((downs + d)); suspects=$((suspects + s))
   done
-  echo "soak: $SECS s, 4 members, 2 CPU burners: false down events $downs, suspect events $suspects"
+  echo "soak: $SECS s, 4 members (nice $NODE_NICE), 2 CPU burners: false down events $downs, suspect events $suspects"
   echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
   ;;
 *)
