@@ -306,12 +306,17 @@ impl MemberTable {
         self.members.get(node).map(|m| m.status)
     }
 
-    /// The node id that announced `peer_id`, if any.
+    /// The node id that announced `peer_id`, if any. If several did (a data directory reused
+    /// under a new node id), a member that is not Down wins.
     pub fn node_of_peer(&self, peer_id: &str) -> Option<&str> {
-        self.members
-            .iter()
-            .find(|(_, m)| m.announced.peer_id == peer_id)
-            .map(|(node, _)| node.as_str())
+        let mut found = None;
+        for (node, m) in self.members.iter().filter(|(_, m)| m.announced.peer_id == peer_id) {
+            if m.status != MemberStatus::Down {
+                return Some(node.as_str());
+            }
+            found = found.or(Some(node.as_str()));
+        }
+        found
     }
 
     /// What `node` last announced.
@@ -451,6 +456,20 @@ mod tests {
         assert_eq!(t.status("n2"), Some(MemberStatus::Down));
         now += SECOND;
         assert_eq!(t.heartbeat(hb("n2", 6, 0), now), Some(MemberEvent::Up("n2".into())));
+    }
+
+    #[test]
+    fn peer_reused_under_new_node_id_maps_to_the_live_one() {
+        let mut t = table();
+        let now = Instant::now();
+        let mut old = hb("a-old", 1, 0);
+        old.announced.peer_id = "peer-x".into();
+        t.heartbeat(old, now);
+        t.tick(now + 60 * SECOND);
+        let mut new = hb("z-new", 2, 0);
+        new.announced.peer_id = "peer-x".into();
+        t.heartbeat(new, now + 60 * SECOND);
+        assert_eq!(t.node_of_peer("peer-x"), Some("z-new"));
     }
 
     #[test]
