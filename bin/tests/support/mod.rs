@@ -29,8 +29,12 @@ pub struct Cluster {
     extra: Vec<String>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `count` distinct free ports. Every listener is held until all ports are chosen: a port freed at
+/// once can be handed out again by the next `bind(0)`.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 impl Cluster {
@@ -41,8 +45,9 @@ impl Cluster {
         std::fs::write(dir.path().join("secret"), "test cluster secret, not for production")
             .unwrap();
         let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
-        let http = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let p2p = (0..n).map(|_| format!("/ip4/127.0.0.1/tcp/{}", free_port())).collect();
+        let ports = free_ports(2 * n);
+        let http = ports[..n].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let p2p = ports[n..].iter().map(|p| format!("/ip4/127.0.0.1/tcp/{p}")).collect();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
         let mut c = Cluster {
             _serial: serial,
