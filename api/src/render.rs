@@ -23,10 +23,23 @@ pub fn version_id(dot: &Dot) -> String {
 
 /// The fields of a write report, in the order the answer shows them.
 pub fn write_report_fields(r: &WriteReport) -> Vec<(String, Value)> {
+    // Targets still writing when the answer was sent (it goes out at W plus a short grace): the
+    // write continues there in the background; `hint_for` names the owner a fallback stands in for.
+    let pending: Vec<Value> = r
+        .targets
+        .iter()
+        .filter(|t| {
+            !r.replicas_written.contains(&t.node)
+                && !r.failed.contains(&t.node)
+                && !r.timed_out.contains(&t.node)
+        })
+        .map(|t| serde_json::json!({ "node": t.node, "hint_for": t.hint_for }))
+        .collect();
     vec![
         ("pref_list".into(), to_value(&r.pref_list)),
         ("replicas_written".into(), to_value(&r.replicas_written)),
         ("hinted".into(), to_value(&r.hinted)),
+        ("pending".into(), Value::Array(pending)),
         ("vector_clocks".into(), to_value(&r.vector_clocks)),
         ("failed".into(), to_value(&r.failed)),
         ("timed_out".into(), to_value(&r.timed_out)),
