@@ -6,6 +6,15 @@ use std::process::{Command, Output};
 
 use cairn_engine::{Engine, Keyspace, Options, SyncPolicy};
 
+/// The tests of this file run one at a time. A child spawned by one test holds copies of every
+/// open descriptor between its fork and its exec, the data directory lock of an engine another test
+/// is closing included, so that test's next open could find its own directory still locked.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn cairn(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cairn")).args(args).output().unwrap()
 }
@@ -34,6 +43,7 @@ fn populate(dir: &Path) {
 
 #[test]
 fn inspect_lists_records_and_verify_passes_on_a_clean_directory() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     populate(dir.path());
     let d = dir.path().to_str().unwrap();
@@ -60,6 +70,7 @@ fn inspect_lists_records_and_verify_passes_on_a_clean_directory() {
 
 #[test]
 fn verify_fails_on_a_flipped_byte() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     populate(dir.path());
     let mut segs: Vec<_> = std::fs::read_dir(dir.path())
@@ -81,6 +92,7 @@ fn verify_fails_on_a_flipped_byte() {
 
 #[test]
 fn compact_reclaims_space_and_keeps_every_live_key() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     populate(dir.path());
     let d = dir.path().to_str().unwrap();
@@ -106,6 +118,7 @@ fn compact_reclaims_space_and_keeps_every_live_key() {
 
 #[test]
 fn compact_refuses_a_directory_held_by_another_process_and_names_it() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     populate(dir.path());
     let _engine = Engine::open(dir.path(), Options::default()).unwrap();
@@ -117,6 +130,7 @@ fn compact_refuses_a_directory_held_by_another_process_and_names_it() {
 
 #[test]
 fn missing_directory_and_bad_flags_are_clear_errors() {
+    let _serial = serial();
     let out = cairn(&["compact", "--data-dir", "/nonexistent/cairn"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("does not exist"), "{}", text(&out));
