@@ -66,6 +66,12 @@ pub const HEARTBEAT_TOPIC: &str = "cairn/heartbeat/1";
 pub const IDENTIFY_PROTOCOL: &str = "/cairn/id/1.0.0";
 /// How often the task re-evaluates phi for every member and republishes the view.
 pub const DETECTOR_TICK: Duration = Duration::from_millis(100);
+/// A gap this long between two detector ticks means the local process itself was not running
+/// (starved of CPU, paused, swapped): heartbeats that arrived meanwhile still sit unread in
+/// socket buffers, so that tick judges nobody and the next one, after the backlog is read,
+/// does. Without this a stalled observer declares every member down and up again in the same
+/// millisecond when it resumes.
+pub const LOCAL_STALL: Duration = Duration::from_millis(500);
 /// How often the task looks for unconnected bootstrap addresses and members to redial.
 pub const REDIAL_TICK: Duration = Duration::from_millis(250);
 /// First redial delay after a failed dial.
@@ -319,6 +325,7 @@ impl Membership {
             bootstrap_peers: HashMap::new(),
             peer_backoff: HashMap::new(),
             early_events,
+            stall_guard: StallGuard::new(Instant::now()),
         };
         let handle = MembershipHandle {
             inner: Arc::new(HandleInner {
@@ -588,6 +595,31 @@ struct Task {
     peer_backoff: HashMap<PeerId, Backoff>,
     /// Swarm events that arrived while `start` waited for the listener; handled first.
     early_events: Vec<SwarmEvent<BehaviourEvent>>,
+    /// Skips failure detection right after a local stall.
+    stall_guard: StallGuard,
+}
+
+/// Tells whether a detector tick may judge members: not when the previous tick was
+/// [`LOCAL_STALL`] or more ago (the local process was not running, so unread heartbeats may be
+/// waiting). Pure; `now` is passed in.
+#[derive(Debug, Clone, Copy)]
+pub struct StallGuard {
+    last: Instant,
+}
+
+impl StallGuard {
+    /// A guard whose previous tick was at `now`.
+    pub fn new(now: Instant) -> Self {
+        StallGuard { last: now }
+    }
+
+    /// Records a tick at `now`; returns the stall length if the gap since the previous tick
+    /// was [`LOCAL_STALL`] or more (detection should be deferred), `None` otherwise.
+    pub fn tick(&mut self, now: Instant) -> Option<Duration> {
+        let gap = now.saturating_duration_since(self.last);
+        self.last = now;
+        (gap >= LOCAL_STALL).then_some(gap)
+    }
 }
 
 impl Task {
@@ -644,8 +676,13 @@ impl Task {
     }
 
     fn on_detector_tick(&mut self) {
-        for event in self.table.tick(Instant::now()) {
-            self.emit(event);
+        let now = Instant::now();
+        if let Some(gap) = self.stall_guard.tick(now) {
+            tracing::warn!(?gap, "local process stalled; failure detection deferred one tick");
+        } else {
+            for event in self.table.tick(now) {
+                self.emit(event);
+            }
         }
         self.publish_view();
     }
@@ -1009,5 +1046,31 @@ fn log_connection_error(direction: &str, peer: &str, error: &dyn std::error::Err
              cluster secret (compare the secret fingerprints logged at start)");
     } else {
         tracing::info!(direction, peer, error = %chain, "connection failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stall_guard_defers_only_after_a_gap() {
+        let t0 = Instant::now();
+        let mut g = StallGuard::new(t0);
+        let mut t = t0;
+        for _ in 0..10 {
+            t += DETECTOR_TICK;
+            assert_eq!(g.tick(t), None, "regular ticks judge");
+        }
+        t += Duration::from_secs(4);
+        assert_eq!(g.tick(t), Some(Duration::from_secs(4)), "first tick after a stall defers");
+        t += DETECTOR_TICK;
+        assert_eq!(g.tick(t), None, "the following tick judges again");
+        assert_eq!(g.tick(t - Duration::from_secs(1)), None, "a clock going back is no stall");
+    }
+
+    #[test]
+    fn gossipsub_config_is_consistent() {
+        assert!(gossipsub_config().is_ok());
     }
 }
