@@ -1,0 +1,457 @@
+//! The clusters the harness drives: local `cairn node` processes on 127.0.0.1, or the Docker
+//! Compose cluster of `deploy/docker-compose.yml`.
+//!
+//! Both expose the same faults by node index. Processes are signalled by the PID this harness
+//! started (`kill -KILL/-STOP/-CONT/-TERM <pid>`), containers by the id compose gives for the
+//! service in this harness's own project; nothing is ever stopped by name pattern. Every node
+//! remembers which faults are in force so that [`Cluster::heal`] undoes exactly those.
+//!
+//! Partitions exist only with Docker (`docker network disconnect` / `connect --ip`): on loopback
+//! there is no safe way to cut one process from the others without root-wide firewall rules that
+//! would touch every other program on the machine, so local runs use kill and pause only.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Error, Result};
+
+/// Heartbeat interval of local nodes, in milliseconds (faster failure detection than 1 s).
+pub const LOCAL_HEARTBEAT_MS: u64 = 200;
+/// Longest wait for a node to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest a `docker` / `docker-compose` command may run.
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// State of one node as the harness left it.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+struct Faults {
+    killed: bool,
+    paused: bool,
+    disconnected: bool,
+}
+
+/// A cluster under test.
+pub enum Cluster {
+    /// Local processes.
+    Local(Local),
+    /// Docker Compose containers.
+    Docker(Docker),
+}
+
+/// Local `cairn node` processes.
+pub struct Local {
+    bin: PathBuf,
+    dir: PathBuf,
+    ids: Vec<String>,
+    http: Vec<String>,
+    p2p: Vec<String>,
+    extra: Vec<String>,
+    procs: Vec<Option<Child>>,
+    faults: Vec<Faults>,
+}
+
+/// A Docker Compose project.
+pub struct Docker {
+    compose_file: PathBuf,
+    project: String,
+    containers: Vec<String>,
+    http: Vec<String>,
+    ips: Vec<String>,
+    network: String,
+    secret: String,
+    faults: Vec<Faults>,
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Setup(format!("port: {e}")))?;
+    Ok(l.local_addr().map_err(|e| Error::Setup(format!("port: {e}")))?.port())
+}
+
+/// Sends `sig` (e.g. `-KILL`) to `pid` with kill(1).
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .map_err(|e| Error::Fault(format!("kill {sig} {pid}: {e}")))?;
+    if ok.success() { Ok(()) } else { Err(Error::Fault(format!("kill {sig} {pid} failed"))) }
+}
+
+/// Runs a command to completion within [`DOCKER_TIMEOUT`], returning its stdout.
+fn run(cmd: &mut Command) -> Result<String> {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Fault(format!("{what}: {e}")))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if start.elapsed() > DOCKER_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Fault(format!("{what}: timed out")));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(Error::Fault(format!("{what}: {e}"))),
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| Error::Fault(format!("{what}: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Fault(format!(
+            "{what}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl Local {
+    /// Prepares (does not start) `n` nodes with data under `dir`, using the `cairn` binary `bin`
+    /// and `extra` flags for every node.
+    pub fn new(bin: &Path, dir: &Path, n: usize, extra: &[String]) -> Result<Local> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Setup(format!("{}: {e}", dir.display())))?;
+        std::fs::write(dir.join("secret"), "fault harness cluster secret, local only")
+            .map_err(|e| Error::Setup(format!("secret: {e}")))?;
+        let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let http =
+            (0..n).map(|_| Ok(format!("127.0.0.1:{}", free_port()?))).collect::<Result<_>>()?;
+        let p2p = (0..n)
+            .map(|_| Ok(format!("/ip4/127.0.0.1/tcp/{}", free_port()?)))
+            .collect::<Result<_>>()?;
+        Ok(Local {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            ids,
+            http,
+            p2p,
+            extra: extra.to_vec(),
+            procs: (0..n).map(|_| None).collect(),
+            faults: vec![Faults::default(); n],
+        })
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", self.ids[i])))
+            .map_err(|e| Error::Setup(format!("log: {e}")))?;
+        let log2 = log.try_clone().map_err(|e| Error::Setup(format!("log: {e}")))?;
+        let bootstrap: Vec<&str> =
+            self.p2p.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.as_str()).collect();
+        let child = Command::new(&self.bin)
+            .arg("node")
+            .args(["--id", &self.ids[i]])
+            .arg("--data-dir")
+            .arg(self.dir.join(&self.ids[i]))
+            .args(["--http", &self.http[i], "--p2p", &self.p2p[i]])
+            .args(["--bootstrap", &bootstrap.join(",")])
+            .args(["--members", &self.ids.join(",")])
+            .arg("--secret-file")
+            .arg(self.dir.join("secret"))
+            .args(["--heartbeat-ms", &LOCAL_HEARTBEAT_MS.to_string()])
+            .args(&self.extra)
+            .env("CAIRN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| Error::Setup(format!("starting {}: {e}", self.bin.display())))?;
+        self.procs[i] = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self, i: usize) -> Result<u32> {
+        self.procs[i]
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| Error::Fault(format!("{} is not running", self.ids[i])))
+    }
+
+    fn kill9(&mut self, i: usize) -> Result<()> {
+        if self.faults[i].paused {
+            // A stopped process dies of SIGKILL as well; it is simply no longer paused.
+            self.faults[i].paused = false;
+        }
+        signal(self.pid(i)?, "-KILL")?;
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.wait();
+        }
+        self.faults[i].killed = true;
+        Ok(())
+    }
+
+    fn stop_all(&mut self) {
+        for i in 0..self.procs.len() {
+            if self.faults[i].paused
+                && let Ok(pid) = self.pid(i)
+            {
+                let _ = signal(pid, "-CONT");
+            }
+            if let Ok(pid) = self.pid(i) {
+                let _ = signal(pid, "-TERM");
+            }
+        }
+        let start = Instant::now();
+        for slot in &mut self.procs {
+            if let Some(mut c) = slot.take() {
+                while start.elapsed() < STOP_TIMEOUT {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// The last `lines` lines of node i's log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join(format!("{}.log", self.ids[i])))
+            .unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+impl Docker {
+    /// Describes the compose project (does not start it). `http` are the published addresses
+    /// of n1..nN on 127.0.0.1, `ips` their fixed addresses on the compose network `network`.
+    pub fn new(compose_file: &Path, project: &str, secret: &str) -> Docker {
+        let n = 4;
+        Docker {
+            compose_file: compose_file.to_path_buf(),
+            project: project.to_string(),
+            containers: Vec::new(),
+            http: (1..=n).map(|i| format!("127.0.0.1:{}", 8080 + i)).collect(),
+            ips: (1..=n).map(|i| format!("10.77.0.{}", 10 + i)).collect(),
+            network: format!("{project}_cairn"),
+            secret: secret.to_string(),
+            faults: vec![Faults::default(); n],
+        }
+    }
+
+    fn compose(&self) -> Command {
+        let mut c = Command::new("docker-compose");
+        c.arg("-p").arg(&self.project).arg("-f").arg(&self.compose_file);
+        c.env("CAIRN_CLUSTER_SECRET", &self.secret);
+        c
+    }
+
+    fn docker(args: &[&str]) -> Result<String> {
+        run(Command::new("docker").args(args))
+    }
+}
+
+impl Cluster {
+    /// HTTP addresses (`IP:PORT`) of the nodes, reachable from this machine.
+    pub fn http(&self) -> &[String] {
+        match self {
+            Cluster::Local(l) => &l.http,
+            Cluster::Docker(d) => &d.http,
+        }
+    }
+
+    /// Node ids (`n1`..).
+    pub fn ids(&self) -> Vec<String> {
+        (1..=self.http().len()).map(|i| format!("n{i}")).collect()
+    }
+
+    /// Starts every node.
+    pub fn start(&mut self) -> Result<()> {
+        match self {
+            Cluster::Local(l) => {
+                for i in 0..l.ids.len() {
+                    l.spawn(i)?;
+                }
+                Ok(())
+            }
+            Cluster::Docker(d) => {
+                run(d.compose().args(["up", "-d"]))?;
+                d.containers = (1..=d.http.len())
+                    .map(|i| run(d.compose().args(["ps", "-q", &format!("n{i}")])))
+                    .collect::<Result<_>>()?;
+                if d.containers.iter().any(String::is_empty) {
+                    return Err(Error::Setup("a compose service has no container".into()));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the cluster can cut nodes off the network.
+    pub fn can_partition(&self) -> bool {
+        matches!(self, Cluster::Docker(_))
+    }
+
+    fn faults_mut(&mut self, i: usize) -> &mut Faults {
+        match self {
+            Cluster::Local(l) => &mut l.faults[i],
+            Cluster::Docker(d) => &mut d.faults[i],
+        }
+    }
+
+    /// `kill -9` node i (it stays down until [`Cluster::restart`]).
+    pub fn kill9(&mut self, i: usize) -> Result<()> {
+        match self {
+            Cluster::Local(l) => l.kill9(i),
+            Cluster::Docker(d) => {
+                if d.faults[i].paused {
+                    Docker::docker(&["unpause", &d.containers[i]])?;
+                    d.faults[i].paused = false;
+                }
+                Docker::docker(&["kill", "-s", "KILL", &d.containers[i]])?;
+                d.faults[i].killed = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts node i again on its data.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        match self {
+            Cluster::Local(l) => l.spawn(i)?,
+            Cluster::Docker(d) => {
+                Docker::docker(&["start", &d.containers[i]])?;
+            }
+        }
+        self.faults_mut(i).killed = false;
+        Ok(())
+    }
+
+    /// SIGSTOP / docker pause.
+    pub fn pause(&mut self, i: usize) -> Result<()> {
+        match self {
+            Cluster::Local(l) => signal(l.pid(i)?, "-STOP")?,
+            Cluster::Docker(d) => {
+                Docker::docker(&["pause", &d.containers[i]])?;
+            }
+        }
+        self.faults_mut(i).paused = true;
+        Ok(())
+    }
+
+    /// SIGCONT / docker unpause.
+    pub fn resume(&mut self, i: usize) -> Result<()> {
+        match self {
+            Cluster::Local(l) => signal(l.pid(i)?, "-CONT")?,
+            Cluster::Docker(d) => {
+                Docker::docker(&["unpause", &d.containers[i]])?;
+            }
+        }
+        self.faults_mut(i).paused = false;
+        Ok(())
+    }
+
+    /// Cuts node i off the cluster network (Docker only).
+    pub fn disconnect(&mut self, i: usize) -> Result<()> {
+        match self {
+            Cluster::Local(_) => {
+                return Err(Error::Fault("partitions need --cluster docker".into()));
+            }
+            Cluster::Docker(d) => {
+                Docker::docker(&["network", "disconnect", &d.network, &d.containers[i]])?;
+            }
+        }
+        self.faults_mut(i).disconnected = true;
+        Ok(())
+    }
+
+    /// Reconnects node i with its fixed address (Docker only).
+    pub fn connect(&mut self, i: usize) -> Result<()> {
+        match self {
+            Cluster::Local(_) => {
+                return Err(Error::Fault("partitions need --cluster docker".into()));
+            }
+            Cluster::Docker(d) => {
+                Docker::docker(&[
+                    "network",
+                    "connect",
+                    "--ip",
+                    &d.ips[i],
+                    &d.network,
+                    &d.containers[i],
+                ])?;
+            }
+        }
+        self.faults_mut(i).disconnected = false;
+        Ok(())
+    }
+
+    /// Undoes every fault in force; returns the errors met (each undo is tried).
+    pub fn heal(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for i in 0..self.http().len() {
+            let f = *self.faults_mut(i);
+            if f.paused
+                && let Err(e) = self.resume(i)
+            {
+                errors.push(e.to_string());
+            }
+            if f.disconnected
+                && let Err(e) = self.connect(i)
+            {
+                errors.push(e.to_string());
+            }
+            if f.killed
+                && let Err(e) = self.restart(i)
+            {
+                errors.push(e.to_string());
+            }
+        }
+        errors
+    }
+
+    /// Stops everything the harness started (local: SIGTERM by PID; Docker: `compose down -v`).
+    pub fn stop(&mut self) -> Result<()> {
+        self.heal();
+        match self {
+            Cluster::Local(l) => {
+                l.stop_all();
+                Ok(())
+            }
+            Cluster::Docker(d) => {
+                run(d.compose().args(["down", "-v", "--timeout", "10"])).map(drop)
+            }
+        }
+    }
+
+    /// The tail of node i's log (local: its log file; Docker: `docker logs`).
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        match self {
+            Cluster::Local(l) => l.log_tail(i, lines),
+            Cluster::Docker(d) => d
+                .containers
+                .get(i)
+                .and_then(|c| {
+                    // The node logs to stderr, which `docker logs` replays on its own stderr.
+                    Command::new("docker")
+                        .args(["logs", "--tail", &lines.to_string(), c])
+                        .output()
+                        .ok()
+                })
+                .map(|o| {
+                    let mut text = String::from_utf8_lossy(&o.stdout).to_string();
+                    text.push_str(&String::from_utf8_lossy(&o.stderr));
+                    text
+                })
+                .unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The operation history the clients record, the final views read after healing, and the checker.
+//!
+//! MODEL
+//! =====
+//! Every write introduces exactly one new *element*, a string unique in the whole run
+//! (`c<client>.<seq>`). An object's bytes are a JSON array of elements: a unique-key or
+//! delete/re-create write stores `[e]`; a read-modify-write of a hot key stores the union of every
+//! sibling it read plus its own `e` (set union is the merge, as in the Dynamo paper's shopping
+//! cart, DeCandia et al. 2007, section 4.4). Each operation records what its read *saw* (the union
+//! of the live siblings' elements, whose versions its causal context covers), the content it wrote
+//! (nothing, for a delete) and its outcome: `Ok` (acknowledged), `Failed` (certainly not applied:
+//! refused before anything was stored, or never sent) or `Indeterminate` (timed out, 503, 5xx,
+//! connection lost mid-request: may or may not be applied, may surface later).
+//!
+//! CHECKS
+//! ======
+//! After healing, every key is read from every node; each view is the list of sibling contents.
+//! For each key and view:
+//! - **lost**: an acknowledged element is absent, and no operation that may have been applied
+//!   (`Ok` or `Indeterminate`) saw it and dropped it (a delete that saw it, or a write whose
+//!   content lacks it). Such a drop is legitimate supersession by a context that covered it; any
+//!   other absence is a lost write. This is what the `lww` control must trip: last-writer-wins
+//!   drops concurrent writes that nobody saw.
+//! - **phantom**: a visible element that no operation ever wrote; **failed visible**: a visible
+//!   element whose write was reported as certainly not applied.
+//! - **resurrected**: a visible element that an *acknowledged* delete saw (its tombstone's context
+//!   covered the element's version, so no merge may bring it back).
+//! - **siblings**: versions in one view (live and delete markers) must not exceed the number of
+//!   distinct clients that wrote or deleted the key plus the number of its operations that were
+//!   not acknowledged (each unacknowledged write may leave one version nobody read). Within that
+//!   bound, siblings are the expected shape of concurrency; beyond it, versions are duplicated.
+//! - Indeterminate elements are counted as present (in any view) or absent; both are allowed.
+//!
+//! A view that could not be read at all is counted as *unreadable*: the run then cannot prove
+//! anything about that key on that node and fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// How an operation ended, as far as its client can know.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Acknowledged: 200.
+    Ok,
+    /// Certainly not applied: a 4xx refusal, or the request was never sent (connection refused).
+    Failed,
+    /// May or may not be applied: timeout, 503, 5xx, connection lost after sending.
+    Indeterminate,
+}
+
+/// What an operation did to its key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpKind {
+    /// A write of `content`, which holds the element it introduced (`elem`).
+    Write {
+        /// The new element.
+        elem: String,
+        /// The full content written (the JSON array's elements).
+        content: BTreeSet<String>,
+    },
+    /// A delete with the context of the read.
+    Delete,
+}
+
+/// One recorded operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// Client index.
+    pub client: usize,
+    /// Object name.
+    pub key: String,
+    /// Write or delete.
+    pub kind: OpKind,
+    /// Elements of the live siblings the operation's read returned (its context covers them).
+    pub saw: BTreeSet<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Milliseconds since the run started, when the operation was sent.
+    pub at_ms: u64,
+}
+
+/// One node's final view of one key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum View {
+    /// Versions found: the content of each live sibling, and the number of delete markers among
+    /// the siblings (a delete concurrent with a write).
+    Found {
+        /// Elements of each live version.
+        live: Vec<BTreeSet<String>>,
+        /// Delete markers listed as siblings.
+        delete_markers: usize,
+    },
+    /// 404: never written, or deleted.
+    NotFound,
+    /// The key could not be read (error text).
+    Unreadable(String),
+}
+
+/// One finding of the checker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Object name.
+    pub key: String,
+    /// Node whose view showed it.
+    pub node: String,
+    /// The element concerned (empty for sibling counts and unreadable views).
+    pub elem: String,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// The checker's result.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Keys checked.
+    pub keys: usize,
+    /// Acknowledged elements (each counted once).
+    pub acknowledged: usize,
+    /// (key, element) pairs lost, counted once even when several views miss them.
+    pub lost: usize,
+    /// Elements visible that were never written.
+    pub phantom: usize,
+    /// Elements visible whose write was reported as certainly not applied.
+    pub failed_visible: usize,
+    /// Elements visible after an acknowledged delete that saw them.
+    pub resurrected: usize,
+    /// Views with more versions than the bound allows.
+    pub sibling_excess: usize,
+    /// Largest number of versions in one view.
+    pub max_versions: usize,
+    /// Views that could not be read.
+    pub unreadable: usize,
+    /// Indeterminate writes whose element is visible in some view.
+    pub indeterminate_present: usize,
+    /// Indeterminate writes whose element is in no view.
+    pub indeterminate_absent: usize,
+    /// The findings (at most [`MAX_FINDINGS`] kept).
+    pub findings: Vec<Finding>,
+}
+
+/// Findings kept in the verdict (the counts are always complete).
+pub const MAX_FINDINGS: usize = 200;
+
+impl Verdict {
+    /// True when nothing was lost, nothing unexpected appeared, no view held more versions than
+    /// its bound and every view was readable.
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.phantom == 0
+            && self.failed_visible == 0
+            && self.resurrected == 0
+            && self.sibling_excess == 0
+            && self.unreadable == 0
+    }
+
+    fn note(&mut self, key: &str, node: &str, elem: &str, what: &str) {
+        if self.findings.len() < MAX_FINDINGS {
+            self.findings.push(Finding {
+                key: key.to_string(),
+                node: node.to_string(),
+                elem: elem.to_string(),
+                what: what.to_string(),
+            });
+        }
+    }
+}
+
+/// What the history says about one key.
+#[derive(Default)]
+struct KeyFacts {
+    /// Element -> outcome of the write that introduced it.
+    written: BTreeMap<String, Outcome>,
+    /// Elements some possibly-applied operation saw and did not carry forward.
+    dropped: BTreeSet<String>,
+    /// Elements an acknowledged delete saw.
+    deleted_acked: BTreeSet<String>,
+    /// Distinct clients that wrote or deleted the key.
+    clients: BTreeSet<usize>,
+    /// Operations on the key that were not acknowledged.
+    unacked: usize,
+}
+
+/// Checks the final `views` (key -> node -> view) against the history `ops`.
+///
+/// Keys that appear in `ops` but not in `views` are reported as unreadable on every node (the
+/// caller must read every key it wrote).
+pub fn check(ops: &[Op], views: &BTreeMap<String, BTreeMap<String, View>>) -> Verdict {
+    let mut facts: BTreeMap<&str, KeyFacts> = BTreeMap::new();
+    for op in ops {
+        let f = facts.entry(op.key.as_str()).or_default();
+        f.clients.insert(op.client);
+        if op.outcome != Outcome::Ok {
+            f.unacked += 1;
+        }
+        let carried: BTreeSet<String> = match &op.kind {
+            OpKind::Write { elem, content } => {
+                f.written.insert(elem.clone(), op.outcome);
+                content.clone()
+            }
+            OpKind::Delete => {
+                if op.outcome == Outcome::Ok {
+                    f.deleted_acked.extend(op.saw.iter().cloned());
+                }
+                BTreeSet::new()
+            }
+        };
+        if op.outcome != Outcome::Failed {
+            f.dropped.extend(op.saw.difference(&carried).cloned());
+        }
+    }
+
+    let mut v = Verdict { keys: facts.len(), ..Verdict::default() };
+    for (key, f) in &facts {
+        v.acknowledged += f.written.values().filter(|o| **o == Outcome::Ok).count();
+        let Some(node_views) = views.get(*key) else {
+            v.unreadable += 1;
+            v.note(key, "*", "", "key was never read back");
+            continue;
+        };
+        let mut lost_here: BTreeSet<&str> = BTreeSet::new();
+        let mut visible_anywhere: BTreeSet<&str> = BTreeSet::new();
+        let bound = f.clients.len() + f.unacked;
+        for (node, view) in node_views {
+            let (live, markers) = match view {
+                View::Found { live, delete_markers } => (live.as_slice(), *delete_markers),
+                View::NotFound => (&[][..], 0),
+                View::Unreadable(err) => {
+                    v.unreadable += 1;
+                    v.note(key, node, "", &format!("unreadable: {err}"));
+                    continue;
+                }
+            };
+            let versions = live.len() + markers;
+            v.max_versions = v.max_versions.max(versions);
+            if versions > bound {
+                v.sibling_excess += 1;
+                v.note(key, node, "", &format!("{versions} versions, bound {bound}"));
+            }
+            let visible: BTreeSet<&str> = live.iter().flatten().map(String::as_str).collect();
+            for e in &visible {
+                visible_anywhere.insert(e);
+                match f.written.get(*e) {
+                    None => {
+                        v.phantom += 1;
+                        v.note(key, node, e, "visible but never written");
+                    }
+                    Some(Outcome::Failed) => {
+                        v.failed_visible += 1;
+                        v.note(key, node, e, "visible but its write certainly failed");
+                    }
+                    Some(_) => {}
+                }
+                if f.deleted_acked.contains(*e) {
+                    v.resurrected += 1;
+                    v.note(key, node, e, "visible after an acknowledged delete that saw it");
+                }
+            }
+            for (e, outcome) in &f.written {
+                if *outcome == Outcome::Ok
+                    && !visible.contains(e.as_str())
+                    && !f.dropped.contains(e)
+                    && lost_here.insert(e)
+                {
+                    v.note(key, node, e, "acknowledged write missing");
+                }
+            }
+        }
+        v.lost += lost_here.len();
+        for (e, outcome) in &f.written {
+            if *outcome == Outcome::Indeterminate {
+                if visible_anywhere.contains(e.as_str()) {
+                    v.indeterminate_present += 1;
+                } else {
+                    v.indeterminate_absent += 1;
+                }
+            }
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(xs: &[&str]) -> BTreeSet<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn write(client: usize, key: &str, elem: &str, saw: &[&str], outcome: Outcome) -> Op {
+        let mut content = set(saw);
+        content.insert(elem.to_string());
+        Op {
+            client,
+            key: key.into(),
+            kind: OpKind::Write { elem: elem.into(), content },
+            saw: set(saw),
+            outcome,
+            at_ms: 0,
+        }
+    }
+
+    fn delete(client: usize, key: &str, saw: &[&str], outcome: Outcome) -> Op {
+        Op { client, key: key.into(), kind: OpKind::Delete, saw: set(saw), outcome, at_ms: 0 }
+    }
+
+    fn views(key: &str, per_node: &[View]) -> BTreeMap<String, BTreeMap<String, View>> {
+        let nodes = per_node.iter().enumerate().map(|(i, v)| (format!("n{}", i + 1), v.clone()));
+        BTreeMap::from([(key.to_string(), nodes.collect())])
+    }
+
+    fn found(versions: &[&[&str]]) -> View {
+        View::Found { live: versions.iter().map(|v| set(v)).collect(), delete_markers: 0 }
+    }
+
+    #[test]
+    fn merged_siblings_keep_every_acknowledged_element() {
+        // Two clients read the same state and write concurrently: siblings, then a merge.
+        let ops = vec![
+            write(0, "hot", "a", &[], Outcome::Ok),
+            write(1, "hot", "b", &["a"], Outcome::Ok),
+            write(2, "hot", "c", &["a"], Outcome::Ok),
+            write(1, "hot", "d", &["a", "b", "c"], Outcome::Ok),
+        ];
+        let v = check(&ops, &views("hot", &vec![found(&[&["a", "b", "c", "d"]]); 4]));
+        assert!(v.passed(), "{v:?}");
+        assert_eq!(v.acknowledged, 4);
+        let siblings = check(&ops[..3], &views("hot", &[found(&[&["a", "b"], &["a", "c"]])]));
+        assert!(siblings.passed(), "{siblings:?}");
+        assert_eq!(siblings.max_versions, 2);
+    }
+
+    #[test]
+    fn last_writer_wins_is_reported_as_a_loss() {
+        // Concurrent read-modify-writes; lww keeps only one of them.
+        let ops = vec![
+            write(0, "hot", "a", &[], Outcome::Ok),
+            write(1, "hot", "b", &["a"], Outcome::Ok),
+            write(2, "hot", "c", &["a"], Outcome::Ok),
+        ];
+        let v = check(&ops, &views("hot", &[found(&[&["a", "c"]]), found(&[&["a", "c"]])]));
+        assert!(!v.passed());
+        assert_eq!(v.lost, 1, "b lost, counted once over both views: {v:?}");
+        assert_eq!(v.findings[0].elem, "b");
+    }
+
+    #[test]
+    fn deletes_that_saw_a_value_may_drop_it_but_it_must_not_come_back() {
+        let ops = vec![
+            write(0, "dr", "a", &[], Outcome::Ok),
+            delete(0, "dr", &["a"], Outcome::Ok),
+            write(0, "dr", "b", &[], Outcome::Ok),
+        ];
+        assert!(check(&ops, &views("dr", &[found(&[&["b"]])])).passed());
+        let back = check(&ops, &views("dr", &[found(&[&["a"], &["b"]])]));
+        assert_eq!(back.resurrected, 1, "{back:?}");
+        assert!(!back.passed());
+        let gone = check(&ops, &views("dr", &[View::NotFound]));
+        assert_eq!(gone.lost, 1, "b was acknowledged after the delete: {gone:?}");
+    }
+
+    #[test]
+    fn indeterminate_writes_may_or_may_not_be_there() {
+        let ops = vec![
+            write(0, "u1", "a", &[], Outcome::Indeterminate),
+            write(0, "u2", "b", &[], Outcome::Indeterminate),
+        ];
+        let mut vs = views("u1", &[found(&[&["a"]])]);
+        vs.extend(views("u2", &[View::NotFound]));
+        let v = check(&ops, &vs);
+        assert!(v.passed(), "{v:?}");
+        assert_eq!((v.indeterminate_present, v.indeterminate_absent), (1, 1));
+    }
+
+    #[test]
+    fn unknown_or_failed_elements_and_unreadable_views_fail_the_run() {
+        let ops = vec![write(0, "k", "a", &[], Outcome::Failed)];
+        let v = check(&ops, &views("k", &[found(&[&["a"]]), found(&[&["zz"]])]));
+        assert_eq!((v.failed_visible, v.phantom), (1, 1), "{v:?}");
+        let u = check(&ops, &views("k", &[View::Unreadable("timeout".into())]));
+        assert_eq!(u.unreadable, 1);
+        assert!(!u.passed());
+        let missing = check(&ops, &BTreeMap::new());
+        assert_eq!(missing.unreadable, 1);
+    }
+
+    #[test]
+    fn more_versions_than_writers_is_flagged() {
+        let ops =
+            vec![write(0, "k", "a", &[], Outcome::Ok), write(0, "k", "b", &["a"], Outcome::Ok)];
+        let v = check(&ops, &views("k", &[found(&[&["a"], &["a", "b"]])]));
+        assert_eq!(v.sibling_excess, 1, "one writer, all acknowledged: one version: {v:?}");
+    }
+}

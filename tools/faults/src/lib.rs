@@ -1,0 +1,59 @@
+//! Cairn's fault-injection harness, in the manner of Jepsen: start a 4-node cluster (local
+//! `cairn node` processes, or the Docker Compose cluster of `deploy/`), run concurrent clients
+//! while a seeded schedule kills, pauses and partitions nodes, heal, wait until no hint is pending
+//! and the replicas agree, read every key from every node, and check that no acknowledged write
+//! was lost. A second mode kills one node with `kill -9` over and over under `--sync always` and
+//! checks that every write it acknowledged as a replica survived (crash durability).
+//!
+//! How to run it and the recorded runs: `docs/testing.md`.
+//!
+//! # Layout
+//! - `history.rs`: operations, final views, and the checker (lost, phantom, resurrected, siblings).
+//! - `schedule.rs`: the seeded fault schedule and its timed actions.
+//! - `cluster.rs`: local processes and Docker Compose containers, with kill/pause/partition/heal.
+//! - `client.rs`: the HTTP operations (reads resolving siblings) classified into outcomes.
+//! - `workload.rs`: the client loops, the fault executor, the read-back and agreement checks.
+//! - `crash.rs`: the crash-durability mode.
+
+pub mod client;
+pub mod cluster;
+pub mod crash;
+pub mod history;
+pub mod schedule;
+pub mod workload;
+
+/// Errors of the harness itself (not findings of the checker, which are data).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The harness could not set something up (ports, files, processes, containers).
+    #[error("setup: {0}")]
+    Setup(String),
+    /// A fault could not be injected or undone.
+    #[error("fault injection: {0}")]
+    Fault(String),
+    /// An HTTP request failed in transport.
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// A node answered an unexpected status.
+    #[error("unexpected status {0}")]
+    Status(u16),
+    /// A node answered something the harness cannot interpret.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// True for errors a later attempt may not meet (transport errors, 5xx answers): the cluster
+    /// may be faulted or still recovering.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Http(_) => true,
+            Error::Status(s) => *s >= 500,
+            Error::Setup(_) | Error::Fault(_) | Error::Protocol(_) => false,
+        }
+    }
+}
+
+/// Result of the harness's fallible steps.
+pub type Result<T> = std::result::Result<T, Error>;

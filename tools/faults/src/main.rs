@@ -1,0 +1,591 @@
+//! `cairn-faults`: the fault-injection run and the crash-durability run (see `docs/testing.md`).
+//!
+//! Exit codes: 0 the run passed (for `--lww-control`: a loss was detected, as it must be);
+//! 1 the checker found a violation, or the cluster did not converge; 2 bad usage or the cluster
+//! could not be set up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_faults::client::Client;
+use cairn_faults::cluster::{Cluster, Docker, Local};
+use cairn_faults::history::{self, Op, Verdict, View};
+use cairn_faults::schedule::{FaultKind, Schedule, Settings};
+use cairn_faults::workload::{self, ClientStats, Executed, OpCounts, WorkloadSettings};
+use cairn_faults::{Error, crash};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+/// Longest wait for every node to see every other up (start, and after healing).
+const UP_LIMIT: Duration = Duration::from_secs(180);
+/// Longest wait for the bucket to exist on every node.
+const BUCKET_LIMIT: Duration = Duration::from_secs(30);
+/// Read-back rounds (each repairs what it reads) before replicas must agree.
+const CONVERGE_ROUNDS: usize = 4;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+enum ClusterKind {
+    /// `cairn node` processes on 127.0.0.1.
+    Local,
+    /// The compose cluster of deploy/docker-compose.yml (ports 8081-8084 on 127.0.0.1).
+    Docker,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+enum Mode {
+    /// Concurrent clients under a seeded fault schedule, then the no-lost-writes check.
+    Faults,
+    /// kill -9 one node many times under `--sync always` and check its replica (local only).
+    Crash,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+enum Kind {
+    Kill,
+    Pause,
+    Partition,
+}
+
+/// Fault-injection harness for Cairn.
+#[derive(Parser, Debug, Serialize)]
+#[command(name = "cairn-faults", about, long_about = None)]
+struct Args {
+    /// Where the cluster runs.
+    #[arg(long, value_enum, default_value_t = ClusterKind::Local)]
+    cluster: ClusterKind,
+    /// What to run.
+    #[arg(long, value_enum, default_value_t = Mode::Faults)]
+    mode: Mode,
+    /// Seconds of workload (and faults).
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Seed of the fault schedule and the clients (default: drawn from the clock, and printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Concurrent clients (client i runs workload i mod 3: hot, unique, delete/re-create).
+    #[arg(long, default_value_t = 6)]
+    clients: usize,
+    /// Hot keys (read-modify-write) per epoch.
+    #[arg(long, default_value_t = 2)]
+    hot_keys: usize,
+    /// Pause between one client's operations, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    think_ms: u64,
+    /// Timeout of each HTTP request, in milliseconds (above the nodes' request timeout, so a
+    /// quorum failure comes back as 503 rather than a client timeout).
+    #[arg(long, default_value_t = 8_000)]
+    op_timeout_ms: u64,
+    /// Fault kinds to draw from (partition needs --cluster docker). Default: all the cluster
+    /// supports.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    faults: Vec<Kind>,
+    /// Run on a `?conflict=lww` bucket: the checker must then REPORT lost writes (exit 0 if it
+    /// does, 1 if it does not).
+    #[arg(long)]
+    lww_control: bool,
+    /// Replay: take the schedule (and seed) from a run record written by --out.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// Where to write the run record (JSON: settings, seed, schedule, executed faults, counts,
+    /// verdict).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Working directory of local nodes (data, logs).
+    #[arg(long, default_value = "target/faults")]
+    work_dir: PathBuf,
+    /// The `cairn` binary for local nodes (default: next to this program).
+    #[arg(long)]
+    cairn_bin: Option<PathBuf>,
+    /// Extra flag for every local node (repeatable), e.g. `--node-arg=--sync=always`.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
+    /// Compose file of the Docker cluster.
+    #[arg(long, default_value = "deploy/docker-compose.yml")]
+    compose_file: PathBuf,
+    /// Compose project name of the Docker cluster (its containers, network and volumes).
+    #[arg(long, default_value = "cairnfaults")]
+    project: String,
+    /// Longest wait for hints to drain after healing, in seconds.
+    #[arg(long, default_value_t = 180)]
+    settle_secs: u64,
+    /// Kill/restart rounds of --mode crash.
+    #[arg(long, default_value_t = 25)]
+    kills: usize,
+    /// Report views with more versions than writers (duplicate siblings) without failing the
+    /// run; lost, phantom, resurrected and unreadable still fail it.
+    #[arg(long)]
+    siblings_advisory: bool,
+    /// Leave the cluster running at the end (for inspection).
+    #[arg(long)]
+    keep: bool,
+}
+
+/// The run record written by --out.
+#[derive(Serialize)]
+struct Record<'a> {
+    args: &'a Args,
+    seed: u64,
+    bucket: String,
+    schedule: Option<&'a Schedule>,
+    executed: &'a [Executed],
+    counts: OpCounts,
+    client_stats: &'a [ClientStats],
+    verdict: Option<&'a Verdict>,
+    converged: bool,
+    disagreeing_keys: usize,
+    crash: Option<&'a crash::CrashReport>,
+    /// Final views (every node) of the keys the checker has findings on.
+    finding_views: BTreeMap<String, BTreeMap<String, View>>,
+    /// The full history (every write and delete sent, with what its read saw and its outcome).
+    ops: &'a [Op],
+    passed: bool,
+    wall_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: tokio runtime: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    match rt.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn build_cluster(args: &Args, seed: u64) -> Result<Cluster, Error> {
+    match args.cluster {
+        ClusterKind::Local => {
+            let bin = match &args.cairn_bin {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()
+                    .map_err(|e| Error::Setup(format!("locating this program: {e}")))?
+                    .with_file_name("cairn"),
+            };
+            if !bin.exists() {
+                return Err(Error::Setup(format!(
+                    "no cairn binary at {} (build it: cargo build -p cairn, or pass --cairn-bin)",
+                    bin.display()
+                )));
+            }
+            let dir = args.work_dir.join(format!("run-{seed}-{}", std::process::id()));
+            let mut extra = args.node_args.clone();
+            if args.mode == Mode::Crash {
+                extra.extend(["--sync".to_string(), "always".to_string()]);
+            }
+            eprintln!("local cluster in {}", dir.display());
+            Ok(Cluster::Local(Local::new(&bin, &dir, 4, &extra)?))
+        }
+        ClusterKind::Docker => {
+            let secret = format!("fault harness secret {seed:016x}");
+            Ok(Cluster::Docker(Docker::new(&args.compose_file, &args.project, &secret)))
+        }
+    }
+}
+
+async fn wait_up(client: &Client, cluster: &Cluster) -> bool {
+    let (nodes, ids) = (cluster.http().to_vec(), cluster.ids());
+    workload::eventually(UP_LIMIT, Duration::from_millis(250), || {
+        workload::all_up(client, &nodes, &ids)
+    })
+    .await
+}
+
+fn dump_logs(cluster: &Cluster) {
+    for (i, id) in cluster.ids().iter().enumerate() {
+        eprintln!("--- {id} (last lines) ---\n{}", cluster.log_tail(i, 12));
+    }
+}
+
+async fn create_bucket(client: &Client, nodes: &[String], lww: bool) -> Result<(), Error> {
+    let q = if lww { "?conflict=lww" } else { "" };
+    let path = format!("/buckets/{}{q}", client.bucket);
+    let created = workload::eventually(BUCKET_LIMIT, Duration::from_millis(250), || async {
+        matches!(client.post_json(&nodes[0], &path).await, Ok((200 | 409, _)))
+    })
+    .await;
+    let everywhere = created
+        && workload::eventually(BUCKET_LIMIT, Duration::from_millis(250), || async {
+            for n in nodes {
+                let p = format!("/buckets/{}", client.bucket);
+                if !matches!(client.get_json(n, &p).await, Ok((200, _))) {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    if everywhere {
+        Ok(())
+    } else {
+        Err(Error::Setup(format!("bucket {} not visible on every node", client.bucket)))
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode, Error> {
+    let wall = Instant::now();
+    let replay: Option<Schedule> = match &args.replay {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| Error::Setup(format!("{}: {e}", p.display())))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Setup(format!("{}: {e}", p.display())))?;
+            Some(
+                serde_json::from_value(v["schedule"].clone())
+                    .map_err(|e| Error::Setup(format!("{}: no schedule: {e}", p.display())))?,
+            )
+        }
+    };
+    let seed = replay.as_ref().map(|s| s.settings.seed).or(args.seed).unwrap_or_else(|| {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
+    let bucket = if args.lww_control { "faults-lww" } else { "faults" };
+    eprintln!(
+        "cairn-faults: seed {seed}, {:?} cluster, mode {:?}, bucket {bucket}",
+        args.cluster, args.mode
+    );
+
+    let mut cluster = build_cluster(&args, seed)?;
+    let client = Client::new(bucket, Duration::from_millis(args.op_timeout_ms))?;
+    cluster.start()?;
+    if !wait_up(&client, &cluster).await {
+        eprintln!("error: the cluster did not come up within {UP_LIMIT:?}");
+        dump_logs(&cluster);
+        let _ = cluster.stop();
+        return Ok(ExitCode::from(2));
+    }
+    eprintln!("cluster up: every node sees every other");
+    create_bucket(&client, cluster.http(), args.lww_control).await?;
+
+    if args.mode == Mode::Crash {
+        if args.cluster != ClusterKind::Local {
+            return Err(Error::Setup("--mode crash runs on --cluster local".into()));
+        }
+        let report = crash::run(&mut cluster, &client, args.kills, seed, true).await;
+        println!("crash durability (seed {seed}, --sync always, victim n1)");
+        println!("  kills           {}", report.kills);
+        println!(
+            "  restarts ok     {} (slowest {} ms to /health 200)",
+            report.restarts_ok, report.max_restart_ms
+        );
+        println!("  writes          sent {}  acknowledged {}", report.writes, report.writes_ok);
+        println!("  victim acked    {} (as an owner replica)", report.victim_acked);
+        println!("  lost            {}", report.lost.len());
+        println!("  unreadable      {}", report.unreadable.len());
+        for k in report.lost.iter().chain(&report.unreadable).take(20) {
+            println!("    {k}");
+        }
+        let passed = report.passed();
+        println!("  verdict         {}", if passed { "PASS" } else { "FAIL" });
+        write_record(
+            &args,
+            &Record {
+                args: &args,
+                seed,
+                bucket: bucket.into(),
+                schedule: None,
+                executed: &[],
+                counts: OpCounts::default(),
+                client_stats: &[],
+                verdict: None,
+                converged: true,
+                disagreeing_keys: 0,
+                crash: Some(&report),
+                finding_views: BTreeMap::new(),
+                ops: &[],
+                passed,
+                wall_secs: wall.elapsed().as_secs(),
+            },
+        )?;
+        if !passed {
+            dump_logs(&cluster);
+        }
+        if !args.keep {
+            cluster.stop()?;
+        }
+        return Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+
+    // The fault schedule.
+    let schedule = match replay {
+        Some(s) => s,
+        None => {
+            let mut kinds: Vec<FaultKind> = if args.faults.is_empty() {
+                vec![Kind::Kill, Kind::Pause, Kind::Partition]
+            } else {
+                args.faults.clone()
+            }
+            .into_iter()
+            .map(|k| match k {
+                Kind::Kill => FaultKind::Kill,
+                Kind::Pause => FaultKind::Pause,
+                Kind::Partition => FaultKind::Partition,
+            })
+            .collect();
+            if !cluster.can_partition() {
+                kinds.retain(|k| *k != FaultKind::Partition);
+            }
+            Schedule::generate(Settings {
+                seed,
+                duration_ms: args.duration * 1000,
+                nodes: cluster.http().len(),
+                kinds,
+                warmup_ms: 3_000,
+                cooldown_ms: 5_000,
+                gap_ms: (1_000, 4_000),
+                length_ms: (1_500, 8_000),
+            })
+        }
+    };
+    if schedule.faults.iter().any(|f| f.kind == FaultKind::Partition) && !cluster.can_partition() {
+        return Err(Error::Setup("the schedule partitions nodes: use --cluster docker".into()));
+    }
+    let duration = Duration::from_millis(schedule.settings.duration_ms);
+    eprintln!("{} faults scheduled over {duration:?}; workload starts", schedule.faults.len());
+
+    // Workload and faults, concurrently.
+    let nodes = Arc::new(cluster.http().to_vec());
+    let started = Instant::now();
+    let deadline = started + duration;
+    let stop = Arc::new(AtomicBool::new(false));
+    let actions = schedule.actions();
+    let stop2 = stop.clone();
+    let executor = std::thread::spawn(move || {
+        let log = workload::execute(&mut cluster, &actions, started, &stop2);
+        (cluster, log)
+    });
+    let wsettings = WorkloadSettings {
+        clients: args.clients,
+        hot_keys: args.hot_keys,
+        think_ms: args.think_ms,
+        seed,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in 0..args.clients {
+        tasks.spawn(workload::client_loop(
+            id,
+            client.clone(),
+            nodes.clone(),
+            wsettings.clone(),
+            started,
+            deadline,
+        ));
+    }
+    let mut ops: Vec<Op> = Vec::new();
+    let mut stats: Vec<ClientStats> = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok((o, s)) = r {
+            ops.extend(o);
+            stats.push(s);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut cluster, executed) =
+        executor.join().map_err(|_| Error::Fault("the fault executor panicked".into()))?;
+    let counts = OpCounts::of(&ops);
+    eprintln!(
+        "workload done: {} ops ({} ok, {} failed, {} indeterminate); {} fault actions; healing",
+        ops.len(),
+        counts.ok,
+        counts.failed,
+        counts.indeterminate,
+        executed.len()
+    );
+
+    // Heal, settle, read back.
+    for e in cluster.heal() {
+        eprintln!("heal: {e}");
+    }
+    let ids = cluster.ids();
+    let nodes = cluster.http().to_vec();
+    let mut converged = wait_up(&client, &cluster).await;
+    if !converged {
+        eprintln!("after healing, not every node sees every other up within {UP_LIMIT:?}");
+    }
+    let settle = Duration::from_secs(args.settle_secs);
+    let hints_drained = workload::eventually(settle, Duration::from_millis(500), || {
+        workload::no_hints(&client, &nodes)
+    })
+    .await;
+    if !hints_drained {
+        eprintln!("hints still pending after {settle:?}");
+    }
+    converged &= hints_drained;
+    let keys: BTreeSet<String> = ops.iter().map(|o| o.key.clone()).collect();
+    let pref = workload::pref_lists(&client, &nodes[0], &keys).await;
+    let mut views = BTreeMap::new();
+    let mut disagreeing = keys.len();
+    for round in 0..CONVERGE_ROUNDS {
+        // A coordinated read of every key through every node repairs stale replicas.
+        views = workload::read_all(&client, &nodes, &ids, &keys, false).await;
+        let _ = workload::eventually(settle, Duration::from_millis(500), || {
+            workload::no_hints(&client, &nodes)
+        })
+        .await;
+        let local = workload::read_all(&client, &nodes, &ids, &keys, true).await;
+        let bad = workload::disagreements(&local, &pref);
+        disagreeing = bad.len();
+        eprintln!(
+            "read-back round {}: {} keys, replicas disagree on {}",
+            round + 1,
+            keys.len(),
+            bad.len()
+        );
+        if bad.is_empty() {
+            break;
+        }
+    }
+    converged &= disagreeing == 0;
+    let verdict = history::check(&ops, &views);
+    let faults_by_kind = |k: FaultKind| schedule.faults.iter().filter(|f| f.kind == k).count();
+    let fault_errors = executed.iter().filter(|e| e.error.is_some()).count();
+    for e in executed.iter().filter(|e| e.error.is_some()).take(10) {
+        eprintln!(
+            "fault action failed: {:?} at {} ms: {}",
+            e.action,
+            e.at_ms,
+            e.error.as_deref().unwrap_or("")
+        );
+    }
+
+    let siblings_ok = verdict.sibling_excess == 0 || args.siblings_advisory;
+    let safe = verdict.lost == 0
+        && verdict.phantom == 0
+        && verdict.failed_visible == 0
+        && verdict.resurrected == 0
+        && verdict.unreadable == 0;
+    let passed = if args.lww_control { verdict.lost > 0 } else { safe && siblings_ok && converged };
+    let reads_failed: u64 = stats.iter().map(|s| s.reads_failed).sum();
+    let max_read = stats.iter().map(|s| s.max_versions_read).max().unwrap_or(0);
+    println!(
+        "cairn-faults summary: seed {seed}, {:?} cluster, {} bucket, {} s, {} clients",
+        args.cluster,
+        if args.lww_control { "lww (control)" } else { "siblings" },
+        duration.as_secs(),
+        args.clients
+    );
+    println!(
+        "  operations      ok {}  failed {}  indeterminate {}  (reads failed before sending: {reads_failed})",
+        counts.ok, counts.failed, counts.indeterminate
+    );
+    println!(
+        "  faults          kill {}  pause {}  partition {}  (actions {}, failed actions {fault_errors})",
+        faults_by_kind(FaultKind::Kill),
+        faults_by_kind(FaultKind::Pause),
+        faults_by_kind(FaultKind::Partition),
+        executed.len()
+    );
+    println!("  keys            {}  acknowledged writes {}", verdict.keys, verdict.acknowledged);
+    println!(
+        "  indeterminate   present {}  absent {}",
+        verdict.indeterminate_present, verdict.indeterminate_absent
+    );
+    println!(
+        "  versions        max in a final view {}, max read during the run {max_read}, over the bound {}",
+        verdict.max_versions, verdict.sibling_excess
+    );
+    println!("  lost            {}", verdict.lost);
+    println!(
+        "  other           phantom {}  failed-visible {}  resurrected {}  unreadable {}",
+        verdict.phantom, verdict.failed_visible, verdict.resurrected, verdict.unreadable
+    );
+    println!(
+        "  converged       {} (hints drained: {hints_drained}; replicas disagree on {disagreeing} keys)",
+        if converged { "yes" } else { "NO" }
+    );
+    for f in verdict.findings.iter().take(15) {
+        println!("    {} @{} {}: {}", f.key, f.node, f.elem, f.what);
+    }
+    if args.lww_control {
+        println!(
+            "  verdict         {}",
+            if passed {
+                "PASS: the control run's lost writes were detected"
+            } else {
+                "FAIL: the lww control lost nothing the checker could see"
+            }
+        );
+    } else {
+        println!("  verdict         {}", if passed { "PASS" } else { "FAIL" });
+    }
+    println!(
+        "  table row       | {:?} | {} | {} | {} | {} / {} / {} | {} | {} | {} |",
+        args.cluster,
+        if args.lww_control { "lww" } else { "siblings" },
+        duration.as_secs(),
+        seed,
+        counts.ok,
+        counts.failed,
+        counts.indeterminate,
+        schedule.faults.len(),
+        verdict.lost,
+        if passed { "pass" } else { "FAIL" }
+    );
+    write_record(
+        &args,
+        &Record {
+            args: &args,
+            seed,
+            bucket: bucket.into(),
+            schedule: Some(&schedule),
+            executed: &executed,
+            counts,
+            client_stats: &stats,
+            verdict: Some(&verdict),
+            converged,
+            disagreeing_keys: disagreeing,
+            crash: None,
+            finding_views: verdict
+                .findings
+                .iter()
+                .filter_map(|f| views.get(&f.key).map(|v| (f.key.clone(), v.clone())))
+                .collect(),
+            ops: &ops,
+            passed,
+            wall_secs: wall.elapsed().as_secs(),
+        },
+    )?;
+    if !passed {
+        dump_logs(&cluster);
+    }
+    if !args.keep {
+        cluster.stop()?;
+    }
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn write_record(args: &Args, record: &Record<'_>) -> Result<(), Error> {
+    let path = args.out.clone().unwrap_or_else(|| {
+        args.work_dir.join(
+            format!(
+                "record-{:?}-{:?}-{}{}.json",
+                args.mode,
+                args.cluster,
+                record.seed,
+                if args.lww_control { "-lww" } else { "" }
+            )
+            .to_lowercase(),
+        )
+    });
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let text = serde_json::to_string_pretty(record)
+        .map_err(|e| Error::Setup(format!("encoding the record: {e}")))?;
+    std::fs::write(&path, text).map_err(|e| Error::Setup(format!("{}: {e}", path.display())))?;
+    eprintln!("run record (seed, schedule, settings, results): {}", path.display());
+    Ok(())
+}

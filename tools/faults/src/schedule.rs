@@ -1,0 +1,228 @@
+//! The seeded fault schedule.
+//!
+//! SCHEDULE
+//! ========
+//! A schedule is a list of faults, each `(start, duration, kind, targets)`, drawn from a seeded
+//! generator (`rand`'s `StdRng`), so the same seed, duration, node count and kinds give the same
+//! schedule: a failing run is replayed with its `--seed` (the run's JSON record holds the
+//! schedule as well). Faults start after a warm-up, end before a cool-down, and overlap freely
+//! with one rule: no node is the target of two faults at once and at most
+//! [`MAX_NODES_FAULTED`] nodes are faulted at any moment, so a W=2 write always has somewhere
+//! to go (a sloppy quorum over the remaining nodes). A partition isolates one node, or two nodes
+//! *together* (a minority side of two against two), from the rest.
+//!
+//! Each fault becomes two timed actions (kill -> restart, pause -> resume, disconnect ->
+//! connect); [`Schedule::actions`] lists them in time order for the executor.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Most nodes faulted at the same moment.
+pub const MAX_NODES_FAULTED: usize = 2;
+/// Most faults in one schedule (bounds generation on absurd durations).
+pub const MAX_FAULTS: usize = 10_000;
+
+/// The kind of a fault.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FaultKind {
+    /// `kill -9` the node(s), restart after the duration.
+    Kill,
+    /// SIGSTOP / `docker pause`, resume after the duration.
+    Pause,
+    /// Cut the node(s) from the others' network, reconnect after the duration (Docker only).
+    Partition,
+}
+
+/// One fault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// Milliseconds after the workload started.
+    pub start_ms: u64,
+    /// How long the fault lasts, in milliseconds.
+    pub duration_ms: u64,
+    /// What happens.
+    pub kind: FaultKind,
+    /// Node indices (0-based).
+    pub targets: Vec<usize>,
+}
+
+/// One timed action of the executor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// `kill -9` (the node stays down until `Restart`).
+    Kill(usize),
+    /// Start the node again on its data.
+    Restart(usize),
+    /// SIGSTOP / docker pause.
+    Pause(usize),
+    /// SIGCONT / docker unpause.
+    Resume(usize),
+    /// Disconnect from the cluster network.
+    Disconnect(usize),
+    /// Reconnect to the cluster network (with its fixed address).
+    Connect(usize),
+}
+
+/// Settings of a schedule.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Settings {
+    /// Seed of the generator.
+    pub seed: u64,
+    /// Length of the workload, in milliseconds.
+    pub duration_ms: u64,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Kinds to draw from (at least one).
+    pub kinds: Vec<FaultKind>,
+    /// No fault starts before this.
+    pub warmup_ms: u64,
+    /// Every fault ends this long before the end of the workload.
+    pub cooldown_ms: u64,
+    /// Shortest and longest gap between fault starts.
+    pub gap_ms: (u64, u64),
+    /// Shortest and longest fault.
+    pub length_ms: (u64, u64),
+}
+
+/// A generated schedule.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Schedule {
+    /// The settings it was generated from.
+    pub settings: Settings,
+    /// The faults in start order.
+    pub faults: Vec<Fault>,
+}
+
+impl Schedule {
+    /// Draws the schedule for `settings`.
+    pub fn generate(settings: Settings) -> Schedule {
+        let mut rng = StdRng::seed_from_u64(settings.seed);
+        let mut faults: Vec<Fault> = Vec::new();
+        let end = settings.duration_ms.saturating_sub(settings.cooldown_ms);
+        let mut t = settings.warmup_ms;
+        let (gap_lo, gap_hi) =
+            (settings.gap_ms.0.max(1), settings.gap_ms.1.max(settings.gap_ms.0.max(1)));
+        let (len_lo, len_hi) =
+            (settings.length_ms.0.max(1), settings.length_ms.1.max(settings.length_ms.0.max(1)));
+        while faults.len() < MAX_FAULTS && !settings.kinds.is_empty() && settings.nodes > 0 {
+            t += rng.random_range(gap_lo..=gap_hi);
+            let duration = rng.random_range(len_lo..=len_hi);
+            if t + duration > end {
+                break;
+            }
+            let busy: Vec<usize> = faults
+                .iter()
+                .filter(|f| f.start_ms + f.duration_ms > t)
+                .flat_map(|f| f.targets.iter().copied())
+                .collect();
+            let free: Vec<usize> = (0..settings.nodes).filter(|n| !busy.contains(n)).collect();
+            let room = MAX_NODES_FAULTED.saturating_sub(busy.len()).min(free.len());
+            // Draw the kind and count before checking for room, so the random stream (and so
+            // the schedule) does not depend on how the previous faults happened to overlap.
+            let kind = settings.kinds[rng.random_range(0..settings.kinds.len())];
+            let want = if rng.random_bool(0.3) { 2 } else { 1 };
+            let pick = rng.random_range(0..settings.nodes.max(1) * 2);
+            if room == 0 {
+                continue;
+            }
+            let count = want.min(room);
+            let mut targets: Vec<usize> =
+                (0..count).map(|i| free[(pick + i * 3) % free.len()]).collect();
+            targets.sort_unstable();
+            targets.dedup();
+            faults.push(Fault { start_ms: t, duration_ms: duration, kind, targets });
+        }
+        Schedule { settings, faults }
+    }
+
+    /// The faults as timed actions, in time order (ties: the order of the faults).
+    pub fn actions(&self) -> Vec<(u64, Action)> {
+        let mut out: Vec<(u64, Action)> = Vec::new();
+        for f in &self.faults {
+            let end = f.start_ms + f.duration_ms;
+            for &n in &f.targets {
+                let (begin, finish) = match f.kind {
+                    FaultKind::Kill => (Action::Kill(n), Action::Restart(n)),
+                    FaultKind::Pause => (Action::Pause(n), Action::Resume(n)),
+                    FaultKind::Partition => (Action::Disconnect(n), Action::Connect(n)),
+                };
+                out.push((f.start_ms, begin));
+                out.push((end, finish));
+            }
+        }
+        out.sort_by_key(|(t, _)| *t);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(seed: u64) -> Settings {
+        Settings {
+            seed,
+            duration_ms: 120_000,
+            nodes: 4,
+            kinds: vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Partition],
+            warmup_ms: 3_000,
+            cooldown_ms: 5_000,
+            gap_ms: (500, 3_000),
+            length_ms: (1_000, 8_000),
+        }
+    }
+
+    #[test]
+    fn same_seed_same_schedule_other_seed_other_schedule() {
+        let a = Schedule::generate(settings(7));
+        assert_eq!(a.faults, Schedule::generate(settings(7)).faults);
+        assert_ne!(a.faults, Schedule::generate(settings(8)).faults);
+        assert!(a.faults.len() > 10, "a two-minute run gets many faults: {}", a.faults.len());
+    }
+
+    #[test]
+    fn faults_respect_the_window_and_never_take_more_than_two_nodes() {
+        for seed in 0..50 {
+            let s = Schedule::generate(settings(seed));
+            let mut kinds = std::collections::BTreeSet::new();
+            for f in &s.faults {
+                assert!(f.start_ms >= 3_000 && f.start_ms + f.duration_ms <= 115_000);
+                assert!(!f.targets.is_empty() && f.targets.iter().all(|n| *n < 4));
+                kinds.insert(format!("{:?}", f.kind));
+            }
+            assert_eq!(kinds.len(), 3, "seed {seed} draws every kind");
+            // At every action time, count the nodes under a fault.
+            for probe in s.faults.iter().map(|f| f.start_ms) {
+                let mut down: Vec<usize> = s
+                    .faults
+                    .iter()
+                    .filter(|f| f.start_ms <= probe && probe < f.start_ms + f.duration_ms)
+                    .flat_map(|f| f.targets.clone())
+                    .collect();
+                let n = down.len();
+                down.sort_unstable();
+                down.dedup();
+                assert_eq!(down.len(), n, "seed {seed}: a node under two faults at {probe}");
+                assert!(n <= MAX_NODES_FAULTED, "seed {seed}: {n} nodes faulted at {probe}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_fault_is_undone_by_a_later_action() {
+        let s = Schedule::generate(settings(3));
+        let acts = s.actions();
+        assert_eq!(acts.len(), 2 * s.faults.iter().map(|f| f.targets.len()).sum::<usize>());
+        assert!(acts.windows(2).all(|w| w[0].0 <= w[1].0), "time order");
+        for (i, (t, a)) in acts.iter().enumerate() {
+            let undo = match a {
+                Action::Kill(n) => Action::Restart(*n),
+                Action::Pause(n) => Action::Resume(*n),
+                Action::Disconnect(n) => Action::Connect(*n),
+                _ => continue,
+            };
+            assert!(acts[i..].iter().any(|(u, b)| *b == undo && u >= t), "{a:?} at {t} undone");
+        }
+    }
+}
