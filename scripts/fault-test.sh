@@ -28,7 +28,7 @@ harness=target/debug/cairn-faults
 
 if [[ "${FAULT_SKIP_DOCKER:-0}" == 1 ]]; then
     echo "fault-test: FAULT_SKIP_DOCKER=1, Docker mode skipped"
-elif docker info >/dev/null 2>&1 && command -v docker-compose >/dev/null; then
+elif docker info >/dev/null 2>&1 && { command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1; }; then
     if [[ "${FAULT_SKIP_IMAGE_BUILD:-0}" != 1 ]]; then
         scripts/docker-image.sh
     fi

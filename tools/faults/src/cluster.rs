@@ -248,7 +248,20 @@ impl Docker {
     }
 
     fn compose(&self) -> Command {
-        let mut c = Command::new("docker-compose");
+        // docker-compose 1.x where installed (this machine), else the `docker compose` plugin.
+        let v1 = Command::new("docker-compose")
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let mut c = if v1 {
+            Command::new("docker-compose")
+        } else {
+            let mut c = Command::new("docker");
+            c.arg("compose");
+            c
+        };
         c.arg("-p").arg(&self.project).arg("-f").arg(&self.compose_file);
         c.env("CAIRN_CLUSTER_SECRET", &self.secret);
         c
