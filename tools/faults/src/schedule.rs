@@ -210,6 +210,17 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_schedule_replays_identically() {
+        let s = Schedule::generate(settings(5));
+        let record = serde_json::json!({ "seed": 5, "schedule": s });
+        let text = serde_json::to_string(&record).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let back: Schedule = serde_json::from_value(v["schedule"].clone()).unwrap();
+        assert_eq!(back.faults, s.faults);
+        assert_eq!(back.actions(), s.actions());
+    }
+
+    #[test]
     fn every_fault_is_undone_by_a_later_action() {
         let s = Schedule::generate(settings(3));
         let acts = s.actions();

@@ -358,3 +358,51 @@ impl OpCounts {
         c
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(elems: &[&str]) -> View {
+        View::Found {
+            live: elems.iter().map(|e| BTreeSet::from([e.to_string()])).collect(),
+            delete_markers: 0,
+        }
+    }
+
+    #[test]
+    fn replicas_must_agree_on_the_preference_list_only() {
+        let pref = BTreeMap::from([("k".to_string(), vec!["n1".to_string(), "n2".to_string()])]);
+        let agree = BTreeMap::from([(
+            "k".to_string(),
+            BTreeMap::from([
+                ("n1".to_string(), found(&["a", "b"])),
+                ("n2".to_string(), found(&["b", "a"])),
+                // n3 is not an owner: a fallback's stale copy does not count.
+                ("n3".to_string(), View::NotFound),
+            ]),
+        )]);
+        assert!(disagreements(&agree, &pref).is_empty());
+        let mut stale = agree.clone();
+        stale.get_mut("k").unwrap().insert("n2".to_string(), found(&["a"]));
+        assert_eq!(disagreements(&stale, &pref), vec!["k".to_string()]);
+        let mut unreadable = agree;
+        unreadable.get_mut("k").unwrap().insert("n1".to_string(), View::Unreadable("x".into()));
+        assert_eq!(disagreements(&unreadable, &pref).len(), 1);
+        assert_eq!(disagreements(&stale, &BTreeMap::new()).len(), 1, "no preference list known");
+    }
+
+    #[test]
+    fn outcomes_are_counted() {
+        let op = |outcome| Op {
+            client: 0,
+            key: "k".into(),
+            kind: OpKind::Delete,
+            saw: BTreeSet::new(),
+            outcome,
+            at_ms: 0,
+        };
+        let c = OpCounts::of(&[op(Outcome::Ok), op(Outcome::Ok), op(Outcome::Indeterminate)]);
+        assert_eq!((c.ok, c.failed, c.indeterminate), (2, 0, 1));
+    }
+}
