@@ -3,12 +3,13 @@
 //! MODEL
 //! =====
 //! Every write introduces exactly one new *element*, a string unique in the whole run
-//! (`c<client>.<seq>`). An object's bytes are a JSON array of elements: a unique-key or
-//! delete/re-create write stores `[e]`; a read-modify-write of a hot key stores the union of every
-//! sibling it read plus its own `e` (set union is the merge, as in the Dynamo paper's shopping
-//! cart, DeCandia et al. 2007, section 4.4). Each operation records what its read *saw* (the union
-//! of the live siblings' elements, whose versions its causal context covers), the content it wrote
-//! (nothing, for a delete) and its outcome: `Ok` (acknowledged), `Failed` (certainly not applied:
+//! (`c<client>.<seq>`). An object's bytes are a JSON array of elements: every write stores what
+//! its read saw plus its own `e` — for a read-modify-write of a hot key, the union of every
+//! sibling it read (set union is the merge, as in the Dynamo paper's shopping cart, DeCandia et
+//! al. 2007, section 4.4); for a unique key or a re-create after a delete, nothing was live, so
+//! `[e]`. Each operation records what its read *saw* (the union of the live siblings' elements,
+//! whose versions its causal context covers), the element it wrote (none, for a delete) and its
+//! outcome: `Ok` (acknowledged), `Failed` (certainly not applied:
 //! refused before anything was stored, or never sent) or `Indeterminate` (timed out, 503, 5xx,
 //! connection lost mid-request: may or may not be applied, may surface later).
 //!
@@ -17,9 +18,9 @@
 //! After healing, every key is read from every node; each view is the list of sibling contents.
 //! For each key and view:
 //! - **lost**: an acknowledged element is absent, and no operation that may have been applied
-//!   (`Ok` or `Indeterminate`) saw it and dropped it (a delete that saw it, or a write whose
-//!   content lacks it). Such a drop is legitimate supersession by a context that covered it; any
-//!   other absence is a lost write. This is what the `lww` control must trip: last-writer-wins
+//!   (`Ok` or `Indeterminate`) saw it and dropped it: a delete whose context covered it (writes
+//!   carry forward everything they saw). Such a drop is legitimate supersession; any other
+//!   absence is a lost write. This is what the `lww` control must trip: last-writer-wins
 //!   drops concurrent writes that nobody saw.
 //! - **phantom**: a visible element that no operation ever wrote; **failed visible**: a visible
 //!   element whose write was reported as certainly not applied.
@@ -52,12 +53,10 @@ pub enum Outcome {
 /// What an operation did to its key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpKind {
-    /// A write of `content`, which holds the element it introduced (`elem`).
+    /// A write of the op's `saw` plus the element it introduced (`elem`).
     Write {
         /// The new element.
         elem: String,
-        /// The full content written (the JSON array's elements).
-        content: BTreeSet<String>,
     },
     /// A delete with the context of the read.
     Delete,
@@ -193,20 +192,19 @@ pub fn check(ops: &[Op], views: &BTreeMap<String, BTreeMap<String, View>>) -> Ve
         if op.outcome != Outcome::Ok {
             f.unacked += 1;
         }
-        let carried: BTreeSet<String> = match &op.kind {
-            OpKind::Write { elem, content } => {
+        match &op.kind {
+            // A write carries forward everything it saw: it drops nothing.
+            OpKind::Write { elem } => {
                 f.written.insert(elem.clone(), op.outcome);
-                content.clone()
             }
             OpKind::Delete => {
                 if op.outcome == Outcome::Ok {
                     f.deleted_acked.extend(op.saw.iter().cloned());
                 }
-                BTreeSet::new()
+                if op.outcome != Outcome::Failed {
+                    f.dropped.extend(op.saw.iter().cloned());
+                }
             }
-        };
-        if op.outcome != Outcome::Failed {
-            f.dropped.extend(op.saw.difference(&carried).cloned());
         }
     }
 
@@ -289,12 +287,10 @@ mod tests {
     }
 
     fn write(client: usize, key: &str, elem: &str, saw: &[&str], outcome: Outcome) -> Op {
-        let mut content = set(saw);
-        content.insert(elem.to_string());
         Op {
             client,
             key: key.into(),
-            kind: OpKind::Write { elem: elem.into(), content },
+            kind: OpKind::Write { elem: elem.into() },
             saw: set(saw),
             outcome,
             at_ms: 0,

@@ -583,7 +583,7 @@ fn write_record(args: &Args, record: &Record<'_>) -> Result<(), Error> {
     if let Some(parent) = path.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    let text = serde_json::to_string_pretty(record)
+    let text = serde_json::to_string(record)
         .map_err(|e| Error::Setup(format!("encoding the record: {e}")))?;
     std::fs::write(&path, text).map_err(|e| Error::Setup(format!("{}: {e}", path.display())))?;
     eprintln!("run record (seed, schedule, settings, results): {}", path.display());

@@ -30,7 +30,7 @@ use crate::history::{Op, OpKind, Outcome, View};
 use crate::schedule::Action;
 
 /// Hot keys get a new name this often (bounds the size of a hot key's value).
-pub const HOT_KEY_EPOCH: Duration = Duration::from_secs(60);
+pub const HOT_KEY_EPOCH: Duration = Duration::from_secs(20);
 /// Keys per delete/re-create client.
 pub const DR_KEYS: usize = 3;
 /// Upper bound on the operations of one client (the deadline normally ends it first).
@@ -100,7 +100,7 @@ pub async fn client_loop(
                         Some(Op {
                             client: id,
                             key,
-                            kind: OpKind::Write { elem, content },
+                            kind: OpKind::Write { elem },
                             saw,
                             outcome,
                             at_ms,
@@ -115,7 +115,7 @@ pub async fn client_loop(
                 Some(Op {
                     client: id,
                     key,
-                    kind: OpKind::Write { elem, content },
+                    kind: OpKind::Write { elem },
                     saw: BTreeSet::new(),
                     outcome,
                     at_ms,
@@ -139,7 +139,7 @@ pub async fn client_loop(
                             Some(Op {
                                 client: id,
                                 key,
-                                kind: OpKind::Write { elem, content },
+                                kind: OpKind::Write { elem },
                                 saw,
                                 outcome,
                                 at_ms,
