@@ -14,9 +14,37 @@ use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
+
+/// PIDs of the node processes this harness started and has not reaped yet, and the compose
+/// project it brought up (its `down` command), for [`emergency_stop`] when the harness is
+/// interrupted while the cluster belongs to another thread. Written by the cluster code, read by
+/// the signal handler in `main`; a plain mutex because both sides are synchronous and brief.
+static STARTED: Mutex<(Vec<u32>, Option<Vec<String>>)> = Mutex::new((Vec::new(), None));
+
+fn started() -> std::sync::MutexGuard<'static, (Vec<u32>, Option<Vec<String>>)> {
+    STARTED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stops what the harness started, for an interrupted run: SIGKILL to every node process it
+/// spawned and has not reaped (by PID), `compose down -v` for its compose project.
+pub fn emergency_stop() {
+    let (pids, down) = {
+        let mut g = started();
+        (std::mem::take(&mut g.0), g.1.take())
+    };
+    for pid in pids {
+        let _ = signal(pid, "-KILL");
+    }
+    if let Some(cmd) = down
+        && let Some((prog, args)) = cmd.split_first()
+    {
+        let _ = run(Command::new(prog).args(args));
+    }
+}
 
 /// Heartbeat interval of local nodes, in milliseconds (faster failure detection than 1 s).
 pub const LOCAL_HEARTBEAT_MS: u64 = 200;
@@ -165,6 +193,7 @@ impl Local {
             .stderr(log2)
             .spawn()
             .map_err(|e| Error::Setup(format!("starting {}: {e}", self.bin.display())))?;
+        started().0.push(child.id());
         self.procs[i] = Some(child);
         Ok(())
     }
@@ -184,6 +213,7 @@ impl Local {
         signal(self.pid(i)?, "-KILL")?;
         if let Some(mut c) = self.procs[i].take() {
             let _ = c.wait();
+            started().0.retain(|p| *p != c.id());
         }
         self.faults[i].killed = true;
         Ok(())
@@ -211,6 +241,7 @@ impl Local {
                 }
                 let _ = c.kill();
                 let _ = c.wait();
+                started().0.retain(|p| *p != c.id());
             }
         }
     }
@@ -296,6 +327,13 @@ impl Cluster {
                 Ok(())
             }
             Cluster::Docker(d) => {
+                let c = d.compose();
+                let mut down: Vec<String> = std::iter::once(c.get_program())
+                    .chain(c.get_args())
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                down.extend(["down", "-v", "--timeout", "10"].map(String::from));
+                started().1 = Some(down);
                 run(d.compose().args(["up", "-d"]))?;
                 d.containers = (1..=d.http.len())
                     .map(|i| run(d.compose().args(["ps", "-q", &format!("n{i}")])))

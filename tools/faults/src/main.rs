@@ -156,7 +156,29 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-    match rt.block_on(run(args)) {
+    let outcome = rt.block_on(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            r = run(args) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+            _ = terminated => None,
+        }
+    });
+    let Some(result) = outcome else {
+        eprintln!("interrupted: stopping the nodes this harness started");
+        cairn_faults::cluster::emergency_stop();
+        return ExitCode::from(130);
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
