@@ -55,7 +55,7 @@ pub const LOCK_STRIPES: usize = 256;
 /// Estimated keydir cost of an entry inserted one by one, besides the key's own heap block: a
 /// `BTreeMap` leaf holds up to 11 (16-byte boxed key, 12-byte location) pairs in a 320-byte node, and
 /// one-by-one inserts leave leaves 55-70% full, plus internal nodes. Measured with a counting
-/// allocator (see docs/decisions/engine.md): 52-57 bytes for sequential or clustered keys.
+/// allocator (see docs/decisions.md, storage engine): 52-57 bytes for sequential or clustered keys.
 pub const KEYDIR_ENTRY_ESTIMATE: u64 = 56;
 /// Estimated cost of an entry from the bulk build at open (nodes packed full): measured 27-30 bytes.
 pub const KEYDIR_BULK_ENTRY_ESTIMATE: u64 = 30;
