@@ -68,6 +68,44 @@ where
     merged.ok_or_else(|| NodeError::Internal("merge closure did not run".into()))
 }
 
+/// Applies `f` to the set stored under (`ks`, `key`) atomically and stores the result.
+fn update_set<V>(
+    engine: &Engine,
+    ks: Keyspace,
+    key: &[u8],
+    f: impl FnOnce(&mut SiblingSet<V>) -> Result<(), NodeError>,
+) -> Result<SiblingSet<V>, NodeError>
+where
+    V: Serialize + DeserializeOwned + Clone,
+{
+    let mut result = None;
+    let outcome = engine.update(ks, key, |old| {
+        let mut set = match old {
+            Some(bytes) => decode_set(bytes)?,
+            None => SiblingSet::new(),
+        };
+        f(&mut set)?;
+        let bytes = encode_set(&set)?;
+        result = Some(set);
+        Ok::<_, NodeError>(Update::Put(bytes))
+    })?;
+    if let UpdateOutcome::Aborted(e) = outcome {
+        return Err(e);
+    }
+    result.ok_or_else(|| NodeError::Internal("update closure did not run".into()))
+}
+
+/// The set stored under (`ks`, `key`), if any.
+fn get_set<V>(engine: &Engine, ks: Keyspace, key: &[u8]) -> Result<Option<SiblingSet<V>>, NodeError>
+where
+    V: DeserializeOwned + Clone,
+{
+    match engine.get(ks, key)? {
+        Some(v) => Ok(Some(decode_set(&v)?)),
+        None => Ok(None),
+    }
+}
+
 impl Store {
     /// Wraps an open engine.
     pub fn new(engine: Arc<Engine>) -> Self {
@@ -98,21 +136,7 @@ impl Store {
         key: &ObjectKey,
         f: impl FnOnce(&mut SiblingSet) -> Result<(), NodeError>,
     ) -> Result<SiblingSet, NodeError> {
-        let mut result = None;
-        let outcome = self.engine.update(Keyspace::Object, &key.encode(), |old| {
-            let mut set = match old {
-                Some(bytes) => decode_set(bytes)?,
-                None => SiblingSet::new(),
-            };
-            f(&mut set)?;
-            let bytes = encode_set(&set)?;
-            result = Some(set);
-            Ok::<_, NodeError>(Update::Put(bytes))
-        })?;
-        if let UpdateOutcome::Aborted(e) = outcome {
-            return Err(e);
-        }
-        result.ok_or_else(|| NodeError::Internal("update closure did not run".into()))
+        update_set(&self.engine, Keyspace::Object, &key.encode(), f)
     }
 
     /// Merges a set into this node's replica of `key`; returns the replica's version vector.
@@ -133,10 +157,7 @@ impl Store {
 
     /// This node's own replica of `key`, without hints.
     pub fn replica(&self, key: &ObjectKey) -> Result<Option<SiblingSet>, NodeError> {
-        match self.engine.get(Keyspace::Object, &key.encode())? {
-            Some(v) => Ok(Some(decode_set(&v)?)),
-            None => Ok(None),
-        }
+        get_set(&self.engine, Keyspace::Object, &key.encode())
     }
 
     /// What this node holds for `key`: its replica merged with every hint it holds for the key
@@ -198,11 +219,7 @@ impl Store {
         owner: &str,
         key: &ObjectKey,
     ) -> Result<Option<SiblingSet>, NodeError> {
-        let hk = HintKey::Object(key.clone()).encode(owner);
-        match self.engine.get(Keyspace::Hint, &hk)? {
-            Some(v) => Ok(Some(decode_set(&v)?)),
-            None => Ok(None),
-        }
+        get_set(&self.engine, Keyspace::Hint, &HintKey::Object(key.clone()).encode(owner))
     }
 
     /// The hinted registry set held for (`owner`, bucket `name`).
@@ -211,11 +228,7 @@ impl Store {
         owner: &str,
         name: &str,
     ) -> Result<Option<SiblingSet<BucketEntry>>, NodeError> {
-        let hk = HintKey::Bucket(name.to_owned()).encode(owner);
-        match self.engine.get(Keyspace::Hint, &hk)? {
-            Some(v) => Ok(Some(decode_set(&v)?)),
-            None => Ok(None),
-        }
+        get_set(&self.engine, Keyspace::Hint, &HintKey::Bucket(name.to_owned()).encode(owner))
     }
 
     /// Removes the hint for (`owner`, `key`) if its stored version is covered by `delivered`
@@ -245,10 +258,7 @@ impl Store {
 
     /// The registry entry of bucket `name`.
     pub fn bucket(&self, name: &str) -> Result<Option<SiblingSet<BucketEntry>>, NodeError> {
-        match self.engine.get(Keyspace::Bucket, name.as_bytes())? {
-            Some(v) => Ok(Some(decode_set(&v)?)),
-            None => Ok(None),
-        }
+        get_set(&self.engine, Keyspace::Bucket, name.as_bytes())
     }
 
     /// Applies a coordinator step to the registry entry of `name`; returns the new set.
@@ -257,21 +267,7 @@ impl Store {
         name: &str,
         f: impl FnOnce(&mut SiblingSet<BucketEntry>) -> Result<(), NodeError>,
     ) -> Result<SiblingSet<BucketEntry>, NodeError> {
-        let mut result = None;
-        let outcome = self.engine.update(Keyspace::Bucket, name.as_bytes(), |old| {
-            let mut set = match old {
-                Some(bytes) => decode_set(bytes)?,
-                None => SiblingSet::new(),
-            };
-            f(&mut set)?;
-            let bytes = encode_set(&set)?;
-            result = Some(set);
-            Ok::<_, NodeError>(Update::Put(bytes))
-        })?;
-        if let UpdateOutcome::Aborted(e) = outcome {
-            return Err(e);
-        }
-        result.ok_or_else(|| NodeError::Internal("update closure did not run".into()))
+        update_set(&self.engine, Keyspace::Bucket, name.as_bytes(), f)
     }
 
     /// Merges a registry set into the entry of `name`; returns the merged set.
