@@ -275,3 +275,28 @@ async fn make_bucket_on(c: &Cluster, via: &str, name: &str) -> u64 {
         .unwrap()
         .incarnation
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_that_may_have_been_applied_is_not_sent_to_a_second_coordinator() {
+    let c = cluster().await;
+    let inc = make_bucket(&c, "fwd").await;
+    let key = ObjectKey { bucket: "fwd".into(), incarnation: inc, name: "once".into() };
+    let ext = node(&c, "n1").extended(&key);
+    let entry = ext[3].clone(); // not an owner: it must forward
+    // Every message now arrives after the requester gave up: the coordinator applies the write,
+    // the entry node sees a timeout.
+    c.net.set_delay(Duration::from_millis(700));
+    let err = node(&c, entry.as_str()).write(put(&key, b"only once", None)).await.unwrap_err();
+    assert!(matches!(err, NodeError::Unavailable(_)), "{err}");
+    c.net.set_delay(Duration::ZERO);
+    let n = node(&c, ext[0].as_str()).clone();
+    let k = key.clone();
+    eventually("the delayed write is applied", async || {
+        n.read(k.clone(), 1, false, true).await.is_ok_and(|r| !r.set.is_empty())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let read = node(&c, "n2").read(key.clone(), 3, false, false).await.unwrap();
+    assert_eq!(values(&read.set), vec![b"only once".to_vec()], "one write, one version");
+    assert_eq!(read.set.len(), 1, "a retried forward stored a duplicate: {:?}", read.set);
+}

@@ -41,6 +41,15 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The request certainly never reached the node (the dial failed, the node is known to be
+    /// stopped): retrying it elsewhere cannot apply it twice.
+    #[error("request to node {node:?} not delivered: {reason}")]
+    NotDelivered {
+        /// Target node id.
+        node: String,
+        /// Why.
+        reason: String,
+    },
     /// No reply arrived within the request timeout. The request may or may not have been
     /// processed by the peer.
     #[error("request to node {node:?} timed out")]
@@ -76,13 +85,32 @@ impl Error {
     /// Network failures and remote overload are retryable; configuration errors, oversize
     /// messages, unknown nodes and a stopped service are not.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Unreachable { .. } | Error::Timeout { .. } | Error::Remote { .. })
+        matches!(
+            self,
+            Error::Unreachable { .. }
+                | Error::NotDelivered { .. }
+                | Error::Timeout { .. }
+                | Error::Remote { .. }
+        )
+    }
+
+    /// Whether the request certainly never reached the target, so that sending it to another
+    /// node cannot make it take effect twice. Timeouts, closed connections and remote errors may
+    /// follow delivery; a failed dial, an unknown node or an oversize message may not.
+    pub fn certainly_not_delivered(&self) -> bool {
+        matches!(
+            self,
+            Error::NotDelivered { .. } | Error::UnknownNode(_) | Error::MessageTooLarge { .. }
+        )
     }
 
     /// Whether this error says something about the health of the target node, so the failure
     /// detector should suspect it (a timeout or failed dial does; an oversize message does not).
     pub fn implicates_peer(&self) -> bool {
-        matches!(self, Error::Unreachable { .. } | Error::Timeout { .. })
+        matches!(
+            self,
+            Error::Unreachable { .. } | Error::NotDelivered { .. } | Error::Timeout { .. }
+        )
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {

@@ -898,6 +898,11 @@ impl Task {
                 }
                 let err = match error {
                     OutboundFailure::Timeout => Error::Timeout { node: node.clone() },
+                    // The request is written only on an established connection: a failed dial
+                    // means it never left this node.
+                    OutboundFailure::DialFailure => {
+                        Error::NotDelivered { node: node.clone(), reason: error.to_string() }
+                    }
                     other => Error::Unreachable { node: node.clone(), reason: other.to_string() },
                 };
                 if err.implicates_peer()

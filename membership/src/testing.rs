@@ -198,7 +198,7 @@ impl InMemoryNetwork {
         (InMemoryTransport { node: node.to_owned(), net: self.clone() }, rx)
     }
 
-    /// Stops `node`: requests to it fail at once with [`Error::Unreachable`], its own requests
+    /// Stops `node`: requests to it fail at once with [`Error::NotDelivered`], its own requests
     /// fail with [`Error::Shutdown`], and its inbound receiver sees the channel close.
     pub fn crash(&self, node: &str) {
         let mut s = self.state.lock();
@@ -285,7 +285,7 @@ impl InMemoryNetwork {
                 return Err(Error::UnknownNode(to.to_owned()));
             };
             if !entry.running {
-                return Err(Error::Unreachable {
+                return Err(Error::NotDelivered {
                     node: to.to_owned(),
                     reason: "node crashed".into(),
                 });
@@ -327,7 +327,7 @@ impl InMemoryNetwork {
                 });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(Error::Unreachable {
+                return Err(Error::NotDelivered {
                     node: to.to_owned(),
                     reason: "not serving".into(),
                 });
@@ -449,7 +449,10 @@ mod tests {
         let (net, ts) = echo_net(&["a", "b"]);
         net.crash("b");
         let start = tokio::time::Instant::now();
-        assert!(matches!(ts["a"].request("b", Bytes::new()).await, Err(Error::Unreachable { .. })));
+        assert!(matches!(
+            ts["a"].request("b", Bytes::new()).await,
+            Err(Error::NotDelivered { .. })
+        ));
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert!(matches!(ts["b"].request("a", Bytes::new()).await, Err(Error::Shutdown)));
         let (_, rx) = net.register("b");

@@ -44,9 +44,9 @@ impl From<NodeError> for ApiError {
             NodeError::Remote { code, message, .. } if code == "TooManySiblings" => {
                 ApiError::TooManySiblings(message)
             }
-            e @ (NodeError::Unavailable(_) | NodeError::Remote { .. }) => {
-                ApiError::Unavailable(e.to_string())
-            }
+            e @ (NodeError::Unavailable(_)
+            | NodeError::NotDelivered(_)
+            | NodeError::Remote { .. }) => ApiError::Unavailable(e.to_string()),
             NodeError::Storage(cairn_engine::Error::ValueTooLarge { size, max }) => {
                 ApiError::TooManySiblings(format!(
                     "the object's concurrent versions together take {size} bytes, over the \

@@ -85,6 +85,9 @@ impl<T: Transport> Node<T> {
         let call = self.transport.request(to.as_str(), payload);
         let bytes = match tokio::time::timeout(self.settings.request_timeout, call).await {
             Ok(Ok(b)) => b,
+            Ok(Err(e)) if e.certainly_not_delivered() => {
+                return Err(NodeError::NotDelivered(format!("{to}: {e}")));
+            }
             Ok(Err(e)) => return Err(NodeError::Unavailable(format!("{to}: {e}"))),
             Err(_) => return Err(NodeError::Unavailable(format!("{to}: timed out"))),
         };
@@ -329,9 +332,19 @@ impl<T: Transport> Node<T> {
                         "unexpected answer to Coordinate: {other:?}"
                     )));
                 }
-                Err(NodeError::Unavailable(why)) => {
+                // Only a request that never reached the coordinator may go to the next one: a
+                // coordinator that timed out or dropped the connection may have applied it, and a
+                // second coordinator would store the same write again under another dot (a
+                // duplicate version that a later delete seeing only one copy would not remove).
+                Err(NodeError::NotDelivered(why)) => {
                     tracing::warn!(%coordinator, why, "coordinator unreachable; trying the next");
                     reachable.remove(&coordinator);
+                }
+                Err(NodeError::Unavailable(why)) => {
+                    return Err(NodeError::Unavailable(format!(
+                        "the coordinator {coordinator} did not answer ({why}); the write may or may \
+                         not have been applied: read the object before writing it again"
+                    )));
                 }
                 Err(e) => return Err(e),
             }

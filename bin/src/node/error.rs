@@ -49,9 +49,14 @@ pub enum NodeError {
         /// What happened per replica.
         report: Box<ReadReport>,
     },
-    /// No node could coordinate the request.
+    /// No node could coordinate the request, or a node did not answer (the request may or may
+    /// not have taken effect there).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A request certainly never reached the node (failed dial, node known to be stopped):
+    /// sending it elsewhere cannot apply it twice.
+    #[error("not delivered: {0}")]
+    NotDelivered(String),
     /// Another node answered with an error.
     #[error("{node} answered {code}: {message}")]
     Remote {
@@ -83,7 +88,9 @@ impl NodeError {
             NodeError::InvalidQuorum(_) => "InvalidArgument",
             NodeError::WriteQuorum { .. } => "WriteQuorumNotReached",
             NodeError::ReadQuorum { .. } => "ReadQuorumNotReached",
-            NodeError::Unavailable(_) | NodeError::Remote { .. } => "Unavailable",
+            NodeError::Unavailable(_) | NodeError::NotDelivered(_) | NodeError::Remote { .. } => {
+                "Unavailable"
+            }
             NodeError::Storage(_) => "StorageError",
             NodeError::Corrupt(_) => "CorruptData",
             NodeError::Internal(_) => "InternalError",
