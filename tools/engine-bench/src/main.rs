@@ -49,6 +49,10 @@ struct Args {
     /// Write the report as Markdown to this file (the table is always printed to stdout).
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Run only these sections (comma-separated: disk, put-always, put-never, get, startup);
+    /// all of them by default. For profiling one workload.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Also measure fjall (needs the `fjall` feature).
     #[arg(long, default_value_t = cfg!(feature = "fjall"))]
     fjall: bool,
@@ -66,14 +70,20 @@ fn main() -> Result<()> {
         anyhow::bail!("--fjall needs the binary built with `--features fjall`");
     }
 
+    let want = |section: &str| args.only.is_empty() || args.only.iter().any(|o| o == section);
     eprintln!("== disk ceilings");
     let fsync = repeat(args.repeats, || disk::fdatasync_rate(&args.dir, 1024, dur))?;
-    report.row("disk", "fdatasync of 1 KiB appends, 1 writer", &fsync, None);
-    let seq = repeat(args.repeats, || disk::sequential_write(&args.dir, 256 << 20))?;
-    report.row("disk", "sequential write 256 MiB + fdatasync", &seq, None);
+    if want("disk") {
+        report.row("disk", "fdatasync of 1 KiB appends, 1 writer", &fsync, None);
+        let seq = repeat(args.repeats, || disk::sequential_write(&args.dir, 256 << 20))?;
+        report.row("disk", "sequential write 256 MiB + fdatasync", &seq, None);
+    }
 
     let mut cairn_always = Vec::new();
     for &writers in &[1usize, 8, 64] {
+        if !want("put-always") {
+            break;
+        }
         eprintln!("== puts, sync always, {writers} writers, 1 KiB");
         let mut by_kind = Vec::new();
         for &kind in &kinds {
@@ -95,6 +105,9 @@ fn main() -> Result<()> {
         ));
     }
     for &(size, label) in &[(1024usize, "1 KiB"), (1 << 20, "1 MiB")] {
+        if !want("put-never") {
+            break;
+        }
         eprintln!("== puts, sync never, {label}");
         let mut by_kind = Vec::new();
         for &kind in &kinds {
@@ -105,17 +118,19 @@ fn main() -> Result<()> {
         }
         report.compare(&format!("put {label}, sync never, 1 writer"), &by_kind);
     }
-    eprintln!("== point gets of cached keys, 1 KiB, 1 thread");
-    let mut by_kind = Vec::new();
-    for &kind in &kinds {
-        let s = repeat(args.repeats, || timed_gets(&args.dir, kind, args.get_keys, 1024, dur))?;
-        by_kind.push((kind, s));
+    if want("get") {
+        eprintln!("== point gets of cached keys, 1 KiB, 1 thread");
+        let mut by_kind = Vec::new();
+        for &kind in &kinds {
+            let s = repeat(args.repeats, || timed_gets(&args.dir, kind, args.get_keys, 1024, dur))?;
+            by_kind.push((kind, s));
+        }
+        report.compare("get 1 KiB (cached), 1 thread", &by_kind);
     }
-    report.compare("get 1 KiB (cached), 1 thread", &by_kind);
-
-    eprintln!("== startup with {} keys", args.startup_keys);
-    let startup = store::startup(&args.dir, args.startup_keys)?;
-    report.startup = Some(startup);
+    if want("startup") {
+        eprintln!("== startup with {} keys", args.startup_keys);
+        report.startup = Some(store::startup(&args.dir, args.startup_keys)?);
+    }
 
     report.print(&args)?;
     Ok(())
