@@ -327,6 +327,19 @@ impl Cluster {
                 Ok(())
             }
             Cluster::Docker(d) => {
+                // One run per compose project: a second harness would recreate the containers
+                // under the first one (another secret, so another config) and break both.
+                let running = run(d.compose().args(["ps", "-q"]))?;
+                if !running.is_empty() {
+                    return Err(Error::Setup(format!(
+                        "compose project {} already has containers (another run? one Docker run at a time: \
+                         the ports 8081-8084 are fixed); stop it with `docker-compose -p {} -f {} \
+                         down -v`",
+                        d.project,
+                        d.project,
+                        d.compose_file.display()
+                    )));
+                }
                 let c = d.compose();
                 let mut down: Vec<String> = std::iter::once(c.get_program())
                     .chain(c.get_args())
