@@ -20,9 +20,7 @@ echo "fault-test: ${secs}s per run, seed ${seed}"
 cargo build -p cairn -p cairn-faults
 harness=target/debug/cairn-faults
 
-# Duplicate siblings from a forwarded write retried after its first coordinator died are a known
-# open finding (docs/testing.md); they are reported, while any loss still fails the run.
-"$harness" --cluster local --duration "$secs" --seed "$seed" --siblings-advisory
+"$harness" --cluster local --duration "$secs" --seed "$seed"
 "$harness" --cluster local --duration "$secs" --seed "$seed" --lww-control
 "$harness" --cluster local --mode crash --kills 20 --seed "$seed"
 
@@ -32,7 +30,7 @@ elif docker info >/dev/null 2>&1 && { command -v docker-compose >/dev/null || do
     if [[ "${FAULT_SKIP_IMAGE_BUILD:-0}" != 1 ]]; then
         scripts/docker-image.sh
     fi
-    "$harness" --cluster docker --duration "$secs" --seed "$seed" --siblings-advisory
+    "$harness" --cluster docker --duration "$secs" --seed "$seed"
 else
     echo "fault-test: no Docker engine or docker-compose here, Docker mode skipped"
 fi
