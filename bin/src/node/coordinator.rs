@@ -121,24 +121,16 @@ impl<T: Transport> Node<T> {
         name: &str,
         policy: ConflictPolicy,
     ) -> Result<BucketOutcome, NodeError> {
-        let n = name.to_owned();
-        let actor = self.actor.clone();
         let set = self
-            .store
-            .blocking(move |s| {
-                s.coordinate_bucket(&n, |set| {
-                    if buckets::resolve(&n, set).is_some() {
-                        return Err(NodeError::BucketAlreadyExists(n.clone()));
-                    }
-                    let entry = BucketEntry {
-                        incarnation: rand::random::<u64>(),
-                        policy,
-                        created_ms: now_ms(),
-                        deleted: false,
-                    };
-                    let ctx = set.join();
-                    set.update(&ctx, entry, &actor);
-                    Ok(())
+            .change_bucket(name, move |n, set| {
+                if buckets::resolve(n, set).is_some() {
+                    return Err(NodeError::BucketAlreadyExists(n.to_owned()));
+                }
+                Ok(BucketEntry {
+                    incarnation: rand::random::<u64>(),
+                    policy,
+                    created_ms: now_ms(),
+                    deleted: false,
                 })
             })
             .await?;
@@ -149,28 +141,43 @@ impl<T: Transport> Node<T> {
 
     /// Deletes a bucket (and with it, in O(1), every file of its incarnation).
     pub async fn delete_bucket(self: &Arc<Self>, name: &str) -> Result<BucketOutcome, NodeError> {
-        let n = name.to_owned();
-        let actor = self.actor.clone();
         let set = self
-            .store
-            .blocking(move |s| {
-                s.coordinate_bucket(&n, |set| {
-                    if buckets::resolve(&n, set).is_none() {
-                        return Err(NodeError::NoSuchBucket(n.clone()));
-                    }
-                    let ctx = set.join();
-                    let entry = BucketEntry {
-                        incarnation: 0,
-                        policy: ConflictPolicy::default(),
-                        created_ms: now_ms(),
-                        deleted: true,
-                    };
-                    set.update(&ctx, entry, &actor);
-                    Ok(())
+            .change_bucket(name, |n, set| {
+                if buckets::resolve(n, set).is_none() {
+                    return Err(NodeError::NoSuchBucket(n.to_owned()));
+                }
+                Ok(BucketEntry {
+                    incarnation: 0,
+                    policy: ConflictPolicy::default(),
+                    created_ms: now_ms(),
+                    deleted: true,
                 })
             })
             .await?;
         self.replicate_bucket(name, set).await
+    }
+
+    /// Writes a new registry entry for `name`, made by `entry` from the current set, superseding
+    /// everything this node holds for the name (its whole version vector is the context).
+    async fn change_bucket(
+        &self,
+        name: &str,
+        entry: impl FnOnce(&str, &SiblingSet<BucketEntry>) -> Result<BucketEntry, NodeError>
+        + Send
+        + 'static,
+    ) -> Result<SiblingSet<BucketEntry>, NodeError> {
+        let n = name.to_owned();
+        let actor = self.actor.clone();
+        self.store
+            .blocking(move |s| {
+                s.coordinate_bucket(&n, |set| {
+                    let new = entry(&n, set)?;
+                    let ctx = set.join();
+                    set.update(&ctx, new, &actor);
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Sends a registry entry to every other member (hints for the unreachable and the failed);
