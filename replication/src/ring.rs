@@ -27,8 +27,12 @@
 //! The list is the primary, then the rest of the set by descending score. If a greedy pass strands
 //! a partition (every node with room already holds it), an augmenting-path search moves one
 //! assignment along a chain of nodes to make room, as in bipartite b-matching; the caps sum to
-//! the demand, so such a chain exists in practice (the ring tests cover 3..64 nodes and Q up to
-//! 1024). Only pass 1 decides data movement; pass 2 only reorders within a set.
+//! the demand. Because only `Q·N mod m` nodes may exceed the floor, the greedy order can still
+//! reach a dead end (CI's property test found one: 24 members, Q=32, N=2, a node left with no
+//! primary); a final rebalancing step then moves single slots along alternating chains until
+//! every node is within its floor and ceiling, which Hall's condition guarantees is possible. It
+//! changes nothing in a ring that was already balanced. Only pass 1 decides data movement; pass 2
+//! only reorders within a set.
 //!
 //! Invariants (tested):
 //! - every preference list has min(N, members) distinct nodes;
@@ -311,6 +315,9 @@ fn assign(members: &[NodeId], q: u32, n: usize) -> Vec<Vec<u16>> {
             }
         }
     }
+    rebalance(&mut sets, &mut caps, &|sets: &[Vec<u16>], part: usize, i: u16| {
+        !sets[part].contains(&i)
+    });
 
     // Pass 2: one primary per partition among its set, primary counts balanced.
     let mut prim: Vec<Vec<u16>> = vec![Vec::with_capacity(1); qn];
@@ -335,6 +342,9 @@ fn assign(members: &[NodeId], q: u32, n: usize) -> Vec<Vec<u16>> {
             augment(p, &order, &mut prim, &mut pcaps, &in_set);
         }
     }
+    rebalance(&mut prim, &mut pcaps, &|prim: &[Vec<u16>], part: usize, i: u16| {
+        sets[part].contains(&i) && prim[part].first() != Some(&i)
+    });
 
     // Final lists: primary first, then the rest of the set by descending score.
     (0..qn)
@@ -362,8 +372,8 @@ type Eligible<'a> = dyn Fn(&[Vec<u16>], usize, u16) -> bool + 'a;
 /// Gives stranded partition `p` one more node in `slots[p]` by an augmenting path: p takes an
 /// eligible node x1 that has no room, x1 gives up one of its partitions p1 to an eligible node x2,
 /// and so on until a node with room is reached (breadth-first, so the shortest chain), as in
-/// bipartite b-matching. If no chain exists, p takes its best eligible node over capacity (balance
-/// is then off for that node; never observed in the tested range).
+/// bipartite b-matching. If no chain exists, p takes its best eligible node over capacity and
+/// [`rebalance`] restores the balance afterwards.
 fn augment(
     p: usize,
     order_for_p: &[u16],
@@ -420,6 +430,83 @@ fn augment(
     if let Some(&best) = order_for_p.iter().find(|&&i| eligible(slots, p, i)) {
         slots[p].push(best);
         caps.take(usize::from(best));
+    }
+}
+
+/// Restores the floor/ceil balance when the greedy pass and [`augment`] left a node outside it.
+///
+/// The caps bound each node from above only, and only `extra` nodes may go over the floor; the
+/// greedy order can spend those extra slots so that the last stranded partition finds no chain
+/// to a node with room, and `augment` then overfills one node while another stays under the
+/// floor (seen for 24 members, Q=32, N=2: a node with no primary). A balanced assignment always
+/// exists (Hall's condition holds for the floors and the ceilings, see below), so this moves one
+/// slot at a time along an alternating chain: the node under its bound takes a partition from
+/// a node that holds it, that node takes one from another, and so on until a node with a slot to
+/// spare gives one up (breadth-first from the needy node, so the shortest chain). Nothing moves
+/// when the assignment is already balanced, so rings that were balanced keep their placement.
+///
+/// Why a balanced assignment exists, for the primary pass: every node holds at least
+/// floor(QN/m) >= N·floor(Q/m) partitions and each partition has N holders, so any k nodes
+/// together hold at least k·floor(Q/m) distinct partitions (Hall for the floors); the same count
+/// with ceilings bounds any group of partitions by its holders' capacity.
+fn rebalance(slots: &mut [Vec<u16>], caps: &mut Caps, eligible: &Eligible<'_>) {
+    let m = caps.count.len();
+    let lo = caps.floor;
+    let hi = caps.floor + usize::from(caps.extra > 0);
+    // Every round moves one slot towards balance; bound the rounds anyway.
+    for _ in 0..slots.len().saturating_mul(m) {
+        let under = (0..m).find(|&i| caps.count[i] < lo);
+        let over = (0..m).any(|i| caps.count[i] > hi);
+        // The receiver and the least count a node must have to give a slot up.
+        let (receiver, spare_from) = match (under, over) {
+            (Some(r), _) => (r, lo + 1),
+            (None, true) => match (0..m).find(|&i| caps.count[i] == lo) {
+                Some(r) => (r, hi + 1),
+                None => return,
+            },
+            (None, false) => return,
+        };
+        // parent[y] = (x, part): y gives `part` to x in the chain.
+        let mut parent: Vec<Option<(usize, usize)>> = vec![None; m];
+        let mut seen = vec![false; m];
+        seen[receiver] = true;
+        let mut queue = VecDeque::from([receiver]);
+        let mut source = None;
+        'search: while let Some(x) = queue.pop_front() {
+            // x < m <= MAX_MEMBERS, so it fits in u16.
+            let xi = x as u16;
+            for part in 0..slots.len() {
+                if !eligible(slots, part, xi) {
+                    continue;
+                }
+                for &y in &slots[part] {
+                    let yu = usize::from(y);
+                    if seen[yu] {
+                        continue;
+                    }
+                    seen[yu] = true;
+                    parent[yu] = Some((x, part));
+                    if caps.count[yu] >= spare_from {
+                        source = Some(yu);
+                        break 'search;
+                    }
+                    queue.push_back(yu);
+                }
+            }
+        }
+        let Some(source) = source else { return };
+        // Walk back from the source: each node hands its partition to its predecessor.
+        let mut cur = source;
+        while let Some((x, part)) = parent[cur] {
+            for s in slots[part].iter_mut() {
+                if usize::from(*s) == cur {
+                    *s = x as u16;
+                }
+            }
+            cur = x;
+        }
+        caps.count[source] -= 1;
+        caps.count[receiver] += 1;
     }
 }
 

@@ -142,6 +142,33 @@ fn movement_table_on_add_and_remove() {
 
 const MAX_MOVE_RATIO: f64 = 3.5;
 
+/// The case CI's property test found (2026-11-25): with 24 members, Q=32 and N=2 the greedy
+/// primary pass spent its extra slots so that one node was left with no primary at all.
+#[test]
+fn greedy_dead_end_is_rebalanced() {
+    let members: Vec<NodeId> =
+        (0..24).map(|i| NodeId::new(format!("k387_{i}_31")).unwrap()).collect();
+    let ring = Ring::new(&members, 32, 2).unwrap();
+    check_invariants(&ring, 32, 24, 2);
+}
+
+/// A deterministic sweep over many member sets, Q and N (the property test below draws only a
+/// few cases per run; this one is the same every run).
+#[test]
+fn seeded_sweep_of_member_sets_stays_balanced() {
+    let mut x: u64 = 0x1234_5678;
+    for case in 0..1500u32 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let m = 1 + (x >> 33) as usize % 24;
+        let q = 1u32 << ((x >> 20) as u32 % 9);
+        let n = 1 + (x >> 10) as usize % 4;
+        let members: Vec<NodeId> =
+            (0..m).map(|i| NodeId::new(format!("s{case}_{i}")).unwrap()).collect();
+        let ring = Ring::new(&members, q, n).unwrap();
+        check_invariants(&ring, q, m, n);
+    }
+}
+
 mod random_members {
     use super::*;
     use proptest::prelude::*;
