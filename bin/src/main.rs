@@ -3,6 +3,8 @@
 //! # Layout
 //! - `main.rs`: command-line parsing (clap), logging setup, exit codes.
 //! - `cmd/compact.rs`: `cairn compact`, offline log compaction of a data directory.
+//! - `cmd/bench/`: `cairn bench`, the HTTP load generator (Cairn REST and S3).
+//! - `cmd/bench_target.rs`: `cairn bench-target`, a do-nothing server for the generator's ceiling.
 //! - `cmd/inspect.rs`: `cairn inspect`, record listing and CRC verification of a data directory.
 //! - `progress.rs`: the progress line drawn by long commands.
 //!
@@ -52,6 +54,12 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Exit 0 if a node's /health answers 200 (for container health checks), 1 otherwise.
     Healthcheck(cmd::healthcheck::Args),
+    /// Load-test an object store (Cairn's REST API or S3) with concurrent keep-alive clients and
+    /// report throughput, errors and latency percentiles.
+    Bench(Box<cmd::bench::Args>),
+    /// A trivial HTTP server for measuring `cairn bench`'s own ceiling: fixed body for GET, 200
+    /// for everything else.
+    BenchTarget(cmd::bench_target::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +71,8 @@ fn main() -> ExitCode {
         Command::Compact(args) => cmd::compact::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Healthcheck(args) => cmd::healthcheck::run(args),
+        Command::Bench(args) => cmd::bench::run(*args),
+        Command::BenchTarget(args) => cmd::bench_target::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod bench;
+pub mod bench_target;
 pub mod compact;
 pub mod dev_cluster;
 pub mod healthcheck;

@@ -1,0 +1,247 @@
+//! Measurements and the final report: per-client statistics, merged into a [`Report`] rendered as
+//! a human table or JSON.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::client::Outcome;
+
+/// Highest latency the histogram tracks (µs): one hour; longer values are clamped.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// One client's measurements; clients merge theirs at the end (no sharing in the hot path).
+pub struct Stats {
+    /// Latency of successful operations, in microseconds.
+    pub latency: Histogram<u64>,
+    /// Count per outcome name (`ok`, `siblings`, `http_5xx`, ...).
+    pub outcomes: BTreeMap<&'static str, u64>,
+    /// Payload bytes moved by successful operations (sent for puts, received for gets).
+    pub bytes: u64,
+}
+
+impl Stats {
+    /// Empty statistics.
+    pub fn new() -> Self {
+        // 3 significant digits from 1 µs to an hour. The bounds are constants that hdrhistogram
+        // accepts, so this cannot fail at run time.
+        #[allow(clippy::expect_used)]
+        let latency = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant bounds");
+        Self { latency, outcomes: BTreeMap::new(), bytes: 0 }
+    }
+
+    /// Records one finished operation.
+    pub fn record(&mut self, outcome: Outcome, latency_us: u64, bytes: u64) {
+        *self.outcomes.entry(outcome.name()).or_default() += 1;
+        if outcome.is_success() {
+            self.latency.saturating_record(latency_us.clamp(1, MAX_LATENCY_US));
+            self.bytes += bytes;
+        }
+    }
+
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &Stats) {
+        // Both histograms have the same bounds; a failed add could only mean a value out of
+        // range, which `saturating_record` already prevents.
+        let _ = self.latency.add(&other.latency);
+        for (k, v) in &other.outcomes {
+            *self.outcomes.entry(k).or_default() += v;
+        }
+        self.bytes += other.bytes;
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Serialize, Debug, Default, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// The run's result, as printed and as written to `--json`.
+#[derive(Serialize, Debug)]
+pub struct Report {
+    /// The settings of the run (endpoints, workload, sizes, concurrency, bounds).
+    pub settings: serde_json::Value,
+    /// Successful operations measured (2xx and, for reads, 300 siblings).
+    pub ops_ok: u64,
+    /// Failed operations by kind (`not_found`, `http_4xx`, `http_5xx`, `timeout`, `connect`, `io`).
+    pub errors: BTreeMap<String, u64>,
+    /// Every outcome by kind, including `ok` and `siblings`.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Measured time (after warm-up), in seconds.
+    pub elapsed_s: f64,
+    /// Successful operations per second.
+    pub ops_per_s: f64,
+    /// Payload megabytes (10⁶ bytes) per second moved by successful operations.
+    pub mb_per_s: f64,
+    /// Latency of successful operations.
+    pub latency_ms: Latency,
+}
+
+impl Report {
+    /// Builds the report from merged statistics over `elapsed_s` seconds.
+    pub fn new(settings: serde_json::Value, stats: &Stats, elapsed_s: f64) -> Self {
+        let outcomes: BTreeMap<String, u64> =
+            stats.outcomes.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let ok_names = [Outcome::Ok.name(), Outcome::Siblings.name()];
+        let ops_ok = ok_names.iter().filter_map(|n| stats.outcomes.get(n)).sum();
+        let errors = outcomes
+            .iter()
+            .filter(|(k, _)| !ok_names.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let h = &stats.latency;
+        let ms = |us: u64| us as f64 / 1000.0;
+        let latency_ms = if h.is_empty() {
+            Latency::default()
+        } else {
+            Latency {
+                p50: ms(h.value_at_quantile(0.50)),
+                p90: ms(h.value_at_quantile(0.90)),
+                p99: ms(h.value_at_quantile(0.99)),
+                p999: ms(h.value_at_quantile(0.999)),
+                max: ms(h.max()),
+                mean: h.mean() / 1000.0,
+            }
+        };
+        let secs = elapsed_s.max(1e-9);
+        Report {
+            settings,
+            ops_ok,
+            errors,
+            outcomes,
+            elapsed_s,
+            ops_per_s: ops_ok as f64 / secs,
+            mb_per_s: stats.bytes as f64 / 1e6 / secs,
+            latency_ms,
+        }
+    }
+
+    /// Operations attempted (every outcome).
+    pub fn attempted(&self) -> u64 {
+        self.outcomes.values().sum()
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| out.push_str(&format!("{k:<14} {v}\n"));
+        if let Some(settings) = self.settings.as_object() {
+            for (k, v) in settings {
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                line(k, v);
+            }
+        }
+        line("", String::new());
+        line("elapsed", format!("{:.2} s", self.elapsed_s));
+        line("ops ok", self.ops_ok.to_string());
+        let siblings = self.outcomes.get("siblings").copied().unwrap_or(0);
+        if siblings > 0 {
+            line("  siblings", format!("{siblings} (reads answered 300)"));
+        }
+        let errors: u64 = self.errors.values().sum();
+        let detail: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        line(
+            "errors",
+            if errors == 0 { "0".into() } else { format!("{errors} ({})", detail.join(", ")) },
+        );
+        line("ops/s", format!("{:.1}", self.ops_per_s));
+        line("MB/s", format!("{:.2}", self.mb_per_s));
+        let l = &self.latency_ms;
+        line(
+            "latency ms",
+            format!(
+                "p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}",
+                l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+            ),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Report {
+        let mut a = Stats::new();
+        for us in 1..=1000u64 {
+            a.record(Outcome::Ok, us * 10, 100);
+        }
+        let mut b = Stats::new();
+        b.record(Outcome::Siblings, 5_000, 0);
+        b.record(Outcome::Http5xx, 99_999_999, 0);
+        b.record(Outcome::Timeout, 0, 0);
+        a.merge(&b);
+        Report::new(serde_json::json!({"workload": "get", "endpoints": ["http://a:1"]}), &a, 2.0)
+    }
+
+    #[test]
+    fn report_counts_successes_errors_and_rates() {
+        let r = sample();
+        assert_eq!(r.ops_ok, 1001);
+        assert_eq!(r.attempted(), 1003);
+        assert_eq!(r.errors.get("http_5xx"), Some(&1));
+        assert_eq!(r.errors.get("timeout"), Some(&1));
+        assert!(!r.errors.contains_key("siblings"));
+        assert_eq!(r.outcomes.get("siblings"), Some(&1));
+        assert!((r.ops_per_s - 500.5).abs() < 1e-9);
+        assert!((r.mb_per_s - 0.05).abs() < 1e-9);
+        // Failed operations do not enter the latency histogram (the 5xx took 100 s).
+        assert!((r.latency_ms.max - 10.0).abs() < 0.05, "max {}", r.latency_ms.max);
+        assert!((r.latency_ms.p50 - 5.0).abs() < 0.05, "p50 {}", r.latency_ms.p50);
+        assert!(r.latency_ms.p50 <= r.latency_ms.p90 && r.latency_ms.p99 <= r.latency_ms.p999);
+    }
+
+    #[test]
+    fn report_json_has_the_documented_shape() {
+        let v = serde_json::to_value(sample()).unwrap();
+        for key in
+            ["settings", "ops_ok", "errors", "outcomes", "elapsed_s", "ops_per_s", "mb_per_s"]
+        {
+            assert!(v.get(key).is_some(), "{key} missing");
+        }
+        for key in ["p50", "p90", "p99", "p999", "max", "mean"] {
+            assert!(v["latency_ms"][key].is_f64(), "latency_ms.{key}");
+        }
+    }
+
+    #[test]
+    fn table_lists_settings_errors_and_latency() {
+        let t = sample().table();
+        assert!(t.contains("workload       get\n"), "{t}");
+        assert!(t.contains("endpoints      http://a:1\n"), "{t}");
+        assert!(t.contains("errors         2 (http_5xx=1, timeout=1)\n"), "{t}");
+        assert!(t.contains("ops/s          500.5\n"), "{t}");
+        assert!(t.contains("latency ms     p50 5.003"), "{t}");
+        let empty = Report::new(serde_json::json!({}), &Stats::new(), 1.0);
+        assert!(empty.table().contains("errors         0\n"));
+        assert_eq!(empty.latency_ms, Latency::default());
+    }
+}
