@@ -192,7 +192,7 @@ async fn bench_against_a_single_cairn_node_puts_and_gets_without_errors() {
         .collect()
     };
     // Fresh keys (creates the bucket); then gets on a prefilled key space, then mixed with
-    // overwriting puts: no siblings are created, so no read answers 300.
+    // overwriting puts: with one node no siblings are created, so no read answers 300.
     let (out, report) = run(common("put")).await.unwrap();
     assert_clean(&out, &report);
     let (out, report) = run(common("get")).await.unwrap();
@@ -201,4 +201,8 @@ async fn bench_against_a_single_cairn_node_puts_and_gets_without_errors() {
     let (out, report) = run(common("mixed")).await.unwrap();
     assert_clean(&out, &report);
     assert!(report["outcomes"].get("siblings").is_none(), "{report:#}");
+    // Delete: each prefilled key exactly once, then the run ends on its own.
+    let (out, report) = run(common("delete")).await.unwrap();
+    assert_clean(&out, &report);
+    assert_eq!(report["ops_ok"], 200, "{report:#}");
 }

@@ -250,13 +250,30 @@ impl Conn {
 
     async fn exchange(&mut self, req: Request<Full<Bytes>>) -> Answer {
         let failed = |outcome| Answer { outcome, status: None, body_bytes: 0 };
+        let reused = self.sender.is_some();
         let sender = match self.connect().await {
             Ok(s) => s,
             Err(_) => return failed(Outcome::Connect),
         };
         if sender.ready().await.is_err() {
-            return failed(Outcome::Io);
+            // A kept-alive connection the server closed while idle: nothing was sent on it yet,
+            // so reconnecting once is safe even for writes.
+            self.sender = None;
+            if !reused {
+                return failed(Outcome::Io);
+            }
+            match self.connect().await {
+                Ok(s) => {
+                    if s.ready().await.is_err() {
+                        return failed(Outcome::Io);
+                    }
+                }
+                Err(_) => return failed(Outcome::Connect),
+            }
         }
+        let Some(sender) = self.sender.as_mut() else {
+            return failed(Outcome::Io);
+        };
         let resp = match sender.send_request(req).await {
             Ok(r) => r,
             Err(_) => return failed(Outcome::Io),

@@ -88,7 +88,12 @@ for coordinated omission. Exit codes: 0 the run completed (errors, if any, are i
 pub struct Args {
     /// Base URL of a node or S3 gateway (http:// only); repeat or comma-separate for several.
     /// Client i uses endpoint i mod k.
-    #[arg(long = "endpoint", value_delimiter = ',', default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long = "endpoint",
+        value_name = "URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8081"
+    )]
     endpoints: Vec<String>,
     /// Wire protocol: cairn (REST: PUT/GET/DELETE /buckets/{bucket}/{key}) or s3 (path-style
     /// /{bucket}/{key}, signed with AWS SigV4).
@@ -124,7 +129,7 @@ pub struct Args {
     #[arg(long, default_value = "4KiB", value_parser = SizeSpec::parse)]
     size: SizeSpec,
     /// Size of the key space used by get, mixed, delete, prefill and put --overwrite.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
     keys: u64,
     /// Key choice in the key space: uniform or zipfian.
     #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
@@ -151,7 +156,7 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Stop after this many measured operations (whichever of --duration and --ops comes first).
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     ops: Option<u64>,
     /// Warm-up before measuring; operations during it are discarded.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -163,7 +168,7 @@ pub struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// Also write the JSON report to this file.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Format of the report on stdout.
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -318,6 +323,8 @@ fn plan(args: &Args, threads: usize) -> Result<Plan, String> {
         "endpoints": endpoints.iter().map(|e| e.url.clone()).collect::<Vec<_>>(),
         "protocol": args.protocol,
         "bucket": args.bucket,
+        "create_bucket": args.create_bucket,
+        "key_prefix": args.key_prefix,
         "workload": args.workload,
         "size": args.size.to_string(),
         "keys": args.keys,

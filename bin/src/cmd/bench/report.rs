@@ -145,7 +145,7 @@ impl Report {
         let mut out = String::new();
         let mut line = |k: &str, v: String| out.push_str(&format!("{k:<14} {v}\n"));
         if let Some(settings) = self.settings.as_object() {
-            for (k, v) in settings {
+            for (k, v) in settings.iter().filter(|(_, v)| !v.is_null()) {
                 let v = match v {
                     serde_json::Value::String(s) => s.clone(),
                     serde_json::Value::Array(a) => a
@@ -199,7 +199,9 @@ mod tests {
         b.record(Outcome::Http5xx, 99_999_999, 0);
         b.record(Outcome::Timeout, 0, 0);
         a.merge(&b);
-        Report::new(serde_json::json!({"workload": "get", "endpoints": ["http://a:1"]}), &a, 2.0)
+        let settings =
+            serde_json::json!({"workload": "get", "endpoints": ["http://a:1"], "ops": null});
+        Report::new(settings, &a, 2.0)
     }
 
     #[test]
@@ -237,6 +239,7 @@ mod tests {
         let t = sample().table();
         assert!(t.contains("workload       get\n"), "{t}");
         assert!(t.contains("endpoints      http://a:1\n"), "{t}");
+        assert!(!t.contains("ops            null"), "unset settings are left out: {t}");
         assert!(t.contains("errors         2 (http_5xx=1, timeout=1)\n"), "{t}");
         assert!(t.contains("ops/s          500.5\n"), "{t}");
         assert!(t.contains("latency ms     p50 5.003"), "{t}");
