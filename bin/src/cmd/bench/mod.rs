@@ -287,6 +287,9 @@ fn plan(args: &Args, threads: usize) -> Result<Plan, String> {
     if args.ops == Some(0) {
         return Err("--ops must be at least 1".into());
     }
+    if args.duration.is_some_and(|d| d.is_zero()) {
+        return Err("--duration must be positive".into());
+    }
     if args.timeout.is_zero() {
         return Err("--timeout must be positive".into());
     }
@@ -665,6 +668,70 @@ fn finish_progress_line() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn plan_of(argv: &[&str]) -> Result<Plan, String> {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        plan(&cli.args, 2)
+    }
+
+    #[test]
+    fn defaults_follow_the_workload() {
+        let p = plan_of(&[]).unwrap();
+        assert_eq!(p.workload, Workload::Put);
+        assert!(!p.prefill && p.create_bucket && !p.overwrite);
+        assert_eq!(p.duration, Some(Duration::from_secs(10)));
+        assert_eq!((p.concurrency, p.keys, p.size), (16, 10_000, SizeSpec::Fixed(4096)));
+        assert_eq!(p.endpoints[0].authority, "127.0.0.1:8081");
+        for w in ["get", "mixed", "delete"] {
+            assert!(plan_of(&["--workload", w]).unwrap().prefill, "{w}");
+        }
+        assert!(!plan_of(&["--workload", "get", "--prefill=false"]).unwrap().prefill);
+        assert!(plan_of(&["--prefill"]).unwrap().prefill);
+        assert!(!plan_of(&["--create-bucket=false"]).unwrap().create_bucket);
+        // --ops alone lifts the default time bound; both bounds may be given.
+        let p = plan_of(&["--ops", "100"]).unwrap();
+        assert_eq!((p.ops, p.duration), (Some(100), None));
+        let p = plan_of(&["--ops", "100", "--duration", "5s"]).unwrap();
+        assert_eq!((p.ops, p.duration), (Some(100), Some(Duration::from_secs(5))));
+    }
+
+    #[test]
+    fn endpoints_repeat_or_comma_separate() {
+        let p =
+            plan_of(&["--endpoint", "http://a:1,http://b:2", "--endpoint", "http://c:3"]).unwrap();
+        let got: Vec<&str> = p.endpoints.iter().map(|e| e.authority.as_str()).collect();
+        assert_eq!(got, ["a:1", "b:2", "c:3"]);
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        for argv in [
+            &["--concurrency", "0"][..],
+            &["--read-ratio", "-0.1"],
+            &["--zipf-theta", "1"],
+            &["--keys", "0"],
+            &["--ops", "0"],
+            &["--duration", "0s"],
+            &["--timeout", "0s"],
+            &["--endpoint", "https://x:1"],
+            &["--bucket", "a/b"],
+            &["--protocol", "s3", "--s3-access-key", "a", "--s3-secret-key", ""],
+        ] {
+            assert!(plan_of(argv).is_err(), "{argv:?} accepted");
+        }
+        let p =
+            plan_of(&["--protocol", "s3", "--s3-access-key", "a", "--s3-secret-key", "b"]).unwrap();
+        assert!(p.target.creds.is_some());
+        assert_eq!(p.settings["s3_region"], "us-east-1");
+    }
 
     #[test]
     fn durations_parse() {
