@@ -192,7 +192,8 @@ async fn bench_against_a_single_cairn_node_puts_and_gets_without_errors() {
         .collect()
     };
     // Fresh keys (creates the bucket); then gets on a prefilled key space, then mixed with
-    // overwriting puts: with one node no siblings are created, so no read answers 300.
+    // overwriting puts. Two overwrites of one key at once may both replace the same context and
+    // leave siblings (even on one node); a read of those answers 300, counted as success.
     let (out, report) = run(common("put")).await.unwrap();
     assert_clean(&out, &report);
     let (out, report) = run(common("get")).await.unwrap();
@@ -200,7 +201,7 @@ async fn bench_against_a_single_cairn_node_puts_and_gets_without_errors() {
     assert_eq!(report["settings"]["prefill"], true);
     let (out, report) = run(common("mixed")).await.unwrap();
     assert_clean(&out, &report);
-    assert!(report["outcomes"].get("siblings").is_none(), "{report:#}");
+    assert!(report["outcomes"]["ok"].as_u64().unwrap() > 0, "{report:#}");
     // Delete: each prefilled key exactly once, then the run ends on its own.
     let (out, report) = run(common("delete")).await.unwrap();
     assert_clean(&out, &report);

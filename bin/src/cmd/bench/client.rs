@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http1::{SendRequest, handshake};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -140,10 +141,10 @@ impl Target {
         endpoint: &Endpoint,
         op: OpKind,
         key: &str,
-        body: Bytes,
+        body: Payload,
         overwrite: bool,
         unix_secs: u64,
-    ) -> Result<Request<Full<Bytes>>> {
+    ) -> Result<Request<Payload>> {
         let (method, path, query) = match (self.protocol, op) {
             (Protocol::Cairn, OpKind::CreateBucket) => {
                 (Method::POST, format!("/buckets/{}", self.bucket), "")
@@ -172,7 +173,63 @@ impl Target {
                 .header("x-amz-content-sha256", payload)
                 .header(hyper::header::AUTHORIZATION, auth);
         }
-        req.body(Full::new(body)).context("building a request")
+        req.body(body).context("building a request")
+    }
+}
+
+/// A request body of up to two chunks sent back to back, with an exact `Content-Length`: a put's
+/// small random tag and its slice of the shared buffer, or nothing.
+#[derive(Debug, Default)]
+pub struct Payload {
+    /// Chunks not yet sent, in order (`None` once sent or when empty).
+    parts: [Option<Bytes>; 2],
+    /// Bytes not yet sent.
+    remaining: u64,
+}
+
+impl Payload {
+    /// A body made of `parts`, in order.
+    pub fn new(parts: [Bytes; 2]) -> Self {
+        let remaining = parts.iter().map(|p| p.len() as u64).sum();
+        let [a, b] = parts;
+        Self {
+            parts: [Some(a).filter(|p| !p.is_empty()), Some(b).filter(|p| !p.is_empty())],
+            remaining,
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Total length in bytes (before sending).
+    pub fn len(&self) -> u64 {
+        self.remaining
+    }
+}
+
+impl Body for Payload {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let next = self.parts.iter_mut().find_map(Option::take);
+        if let Some(chunk) = &next {
+            self.remaining -= chunk.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
     }
 }
 
@@ -199,7 +256,7 @@ pub struct Answer {
 /// One keep-alive connection to one endpoint, reconnected on demand.
 pub struct Conn {
     endpoint: Endpoint,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    sender: Option<SendRequest<Payload>>,
 }
 
 impl Conn {
@@ -213,7 +270,7 @@ impl Conn {
         &self.endpoint
     }
 
-    async fn connect(&mut self) -> std::io::Result<&mut SendRequest<Full<Bytes>>> {
+    async fn connect(&mut self) -> std::io::Result<&mut SendRequest<Payload>> {
         if self.sender.as_ref().is_some_and(|s| s.is_closed()) {
             self.sender = None;
         }
@@ -232,7 +289,7 @@ impl Conn {
     }
 
     /// Sends `req` and reads the whole response body, all within `timeout`.
-    pub async fn send(&mut self, req: Request<Full<Bytes>>, timeout: Duration) -> Answer {
+    pub async fn send(&mut self, req: Request<Payload>, timeout: Duration) -> Answer {
         match tokio::time::timeout(timeout, self.exchange(req)).await {
             Ok(answer) => {
                 if !answer.outcome.is_success() && answer.status.is_none() {
@@ -248,7 +305,7 @@ impl Conn {
         }
     }
 
-    async fn exchange(&mut self, req: Request<Full<Bytes>>) -> Answer {
+    async fn exchange(&mut self, req: Request<Payload>) -> Answer {
         let failed = |outcome| Answer { outcome, status: None, body_bytes: 0 };
         let reused = self.sender.is_some();
         let sender = match self.connect().await {
@@ -331,13 +388,41 @@ mod tests {
     }
 
     #[test]
+    fn payload_sends_its_parts_in_order_with_an_exact_length() {
+        let mut p = Payload::new([Bytes::from_static(b"ab"), Bytes::from_static(b"cde")]);
+        assert_eq!(p.size_hint().exact(), Some(5));
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut got = Vec::new();
+        while let std::task::Poll::Ready(Some(Ok(f))) =
+            std::pin::Pin::new(&mut p).poll_frame(&mut cx)
+        {
+            got.extend_from_slice(f.data_ref().unwrap());
+        }
+        assert_eq!(got, b"abcde");
+        assert!(p.is_end_stream());
+        let e = Payload::empty();
+        assert!(e.is_end_stream() && e.size_hint().exact() == Some(0));
+    }
+
+    #[test]
     fn requests_follow_each_protocol() {
         let ep = Endpoint::parse("http://127.0.0.1:9000").unwrap();
         let cairn = Target { protocol: Protocol::Cairn, bucket: "bench".into(), creds: None };
-        let r = cairn.request(&ep, OpKind::Put, "k 1", Bytes::from_static(b"x"), true, 0).unwrap();
+        let r = cairn
+            .request(
+                &ep,
+                OpKind::Put,
+                "k 1",
+                Payload::new([Bytes::from_static(b"x"), Bytes::new()]),
+                true,
+                0,
+            )
+            .unwrap();
         assert_eq!(r.method(), Method::PUT);
         assert_eq!(r.uri(), "/buckets/bench/k%201?overwrite=true");
-        let r = cairn.request(&ep, OpKind::CreateBucket, "", Bytes::new(), false, 0).unwrap();
+        assert_eq!(r.body().size_hint().exact(), Some(1));
+        let r = cairn.request(&ep, OpKind::CreateBucket, "", Payload::empty(), false, 0).unwrap();
         assert_eq!((r.method(), r.uri().path()), (&Method::POST, "/buckets/bench"));
         let s3 = Target {
             protocol: Protocol::S3,
@@ -348,12 +433,12 @@ mod tests {
                 region: "us-east-1".into(),
             }),
         };
-        let r = s3.request(&ep, OpKind::Get, "k1", Bytes::new(), true, 0).unwrap();
+        let r = s3.request(&ep, OpKind::Get, "k1", Payload::empty(), true, 0).unwrap();
         assert_eq!((r.method(), r.uri().path()), (&Method::GET, "/bench/k1"));
         assert_eq!(r.headers()["x-amz-content-sha256"], "UNSIGNED-PAYLOAD");
         assert_eq!(r.headers()["x-amz-date"], "19700101T000000Z");
         assert!(r.headers()["authorization"].to_str().unwrap().starts_with("AWS4-HMAC-SHA256 "));
-        let r = s3.request(&ep, OpKind::CreateBucket, "", Bytes::new(), false, 0).unwrap();
+        let r = s3.request(&ep, OpKind::CreateBucket, "", Payload::empty(), false, 0).unwrap();
         assert_eq!((r.method(), r.uri().path()), (&Method::PUT, "/bench"));
     }
 }

@@ -34,7 +34,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 
-use client::{Conn, Endpoint, OpKind, Outcome, Protocol, Target};
+use client::{Conn, Endpoint, OpKind, Outcome, Payload, Protocol, Target};
 use report::{Report, Stats};
 use workload::{KeyChooser, SizeSpec, Zipfian};
 
@@ -406,8 +406,9 @@ async fn execute(plan: Arc<Plan>) -> Result<Report> {
     if plan.create_bucket {
         create_bucket(&plan, &mut conns[0]).await?;
     }
-    // One random buffer shared by every put; each put sends a prefix of it (a `Bytes` clone).
-    let mut buf = vec![0u8; plan.size.max()];
+    // One random buffer shared by every put; each put sends a random tag and a slice of it (a
+    // `Bytes` clone) at a random offset, see `workload::put_body`.
+    let mut buf = vec![0u8; plan.size.max() + workload::BODY_SLACK];
     rand::rng().fill_bytes(&mut buf);
     let body = Bytes::from(buf);
 
@@ -457,7 +458,7 @@ async fn create_bucket(plan: &Plan, conn: &mut Conn) -> Result<()> {
         conn.endpoint(),
         OpKind::CreateBucket,
         "",
-        Bytes::new(),
+        Payload::empty(),
         false,
         unix_now(),
     )?;
@@ -505,7 +506,7 @@ async fn prefill(
                     conn.endpoint(),
                     OpKind::Put,
                     &key,
-                    body.slice(..len),
+                    Payload::new(workload::put_body(&body, len, &mut rng)),
                     true,
                     unix_now(),
                 ) else {
@@ -597,9 +598,12 @@ async fn client_loop(
                 (OpKind::Delete, workload::space_key(&plan.key_prefix, i), false)
             }
         };
-        let payload =
-            if op == OpKind::Put { body.slice(..plan.size.sample(&mut rng)) } else { Bytes::new() };
-        let sent = payload.len() as u64;
+        let payload = if op == OpKind::Put {
+            Payload::new(workload::put_body(body, plan.size.sample(&mut rng), &mut rng))
+        } else {
+            Payload::empty()
+        };
+        let sent = payload.len();
         let Ok(req) =
             plan.target.request(conn.endpoint(), op, &key, payload, overwrite, unix_now())
         else {

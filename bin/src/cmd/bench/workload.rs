@@ -3,6 +3,7 @@
 //! Pure functions and small generators, no IO: size parsing, the size distribution, the key
 //! distributions (uniform and the YCSB zipfian of Gray et al.) and key naming.
 
+use bytes::Bytes;
 use rand::Rng;
 
 /// An object size: fixed, or drawn uniformly from an inclusive range.
@@ -136,6 +137,26 @@ impl KeyChooser {
     }
 }
 
+/// Bytes of random slack after the largest size in the shared body buffer: each put starts at a
+/// random offset in it, so large objects differ block by block too (stores that deduplicate
+/// blocks, such as Garage, must not get identical bodies).
+pub const BODY_SLACK: usize = 1 << 20;
+/// Random bytes at the start of every put body, so no two bodies are equal.
+const TAG_LEN: usize = 16;
+
+/// The body of one put of `len` bytes: a fresh random tag of up to 16 bytes, then a slice of
+/// `shared` (which holds at least `len + BODY_SLACK` bytes) at a random offset. Only the tag is
+/// allocated; the slice shares `shared`'s memory.
+pub fn put_body(shared: &Bytes, len: usize, rng: &mut impl Rng) -> [Bytes; 2] {
+    let tag_len = len.min(TAG_LEN);
+    let tag: [u8; TAG_LEN] = rng.random();
+    let rest = len - tag_len;
+    let span = shared.len().saturating_sub(rest);
+    let offset = if span == 0 { 0 } else { rng.random_range(0..span) };
+    let end = (offset + rest).min(shared.len());
+    [Bytes::copy_from_slice(&tag[..tag_len]), shared.slice(offset..end)]
+}
+
 /// The name of key `i` of the key space.
 pub fn space_key(prefix: &str, i: u64) -> String {
     format!("{prefix}k{i:010}")
@@ -208,6 +229,27 @@ mod tests {
         assert_eq!(z.item(0.99), 0);
         let z = Zipfian::new(2, 0.5);
         assert!(z.item(0.99) < 2);
+    }
+
+    #[test]
+    fn put_bodies_have_the_size_and_differ() {
+        let shared = Bytes::from(vec![7u8; 4096 + BODY_SLACK]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for len in [0, 1, 16, 17, 4096] {
+            let [a0, a1] = put_body(&shared, len, &mut rng);
+            let [b0, b1] = put_body(&shared, len, &mut rng);
+            assert_eq!(a0.len() + a1.len(), len);
+            assert_eq!(b0.len() + b1.len(), len);
+            if len >= 8 {
+                assert_ne!(a0, b0, "two bodies of {len} bytes start alike");
+            }
+            // The tail shares the buffer's memory (no copy).
+            if !a1.is_empty() {
+                let base = shared.as_ptr() as usize;
+                let p = a1.as_ptr() as usize;
+                assert!(p >= base && p + a1.len() <= base + shared.len());
+            }
+        }
     }
 
     #[test]
