@@ -202,6 +202,8 @@ async fn bench_against_a_single_cairn_node_puts_and_gets_without_errors() {
     let (out, report) = run(common("mixed")).await.unwrap();
     assert_clean(&out, &report);
     assert!(report["outcomes"]["ok"].as_u64().unwrap() > 0, "{report:#}");
+    assert!(report["by_op"]["get"]["ops_ok"].as_u64().unwrap() > 0, "{report:#}");
+    assert!(report["by_op"]["put"]["ops_ok"].as_u64().unwrap() > 0, "{report:#}");
     // Delete: each prefilled key exactly once, then the run ends on its own.
     let (out, report) = run(common("delete")).await.unwrap();
     assert_clean(&out, &report);

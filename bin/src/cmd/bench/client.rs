@@ -65,6 +65,18 @@ pub enum OpKind {
     CreateBucket,
 }
 
+impl OpKind {
+    /// The name used in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Put => "put",
+            Self::Get => "get",
+            Self::Delete => "delete",
+            Self::CreateBucket => "create_bucket",
+        }
+    }
+}
+
 /// What the store answered, classified.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {

@@ -439,7 +439,7 @@ async fn execute(plan: Arc<Plan>) -> Result<Report> {
             client_loop(&plan, conn, &shared, &body, measure_start, end).await
         }));
     }
-    let mut stats = Stats::new();
+    let mut stats = Stats::new(plan.workload == Workload::Mixed);
     for task in tasks {
         stats.merge(&task.await.context("a client task panicked")?);
     }
@@ -553,7 +553,7 @@ async fn client_loop(
     measure_start: Instant,
     end: Option<Instant>,
 ) -> Stats {
-    let mut stats = Stats::new();
+    let mut stats = Stats::new(plan.workload == Workload::Mixed);
     let mut rng = StdRng::from_rng(&mut rand::rng());
     loop {
         let now = Instant::now();
@@ -609,7 +609,7 @@ async fn client_loop(
         else {
             // Only an invalid key prefix can make a request unbuildable; count it as a 4xx.
             shared.failed.fetch_add(1, Ordering::Relaxed);
-            stats.record(Outcome::Http4xx, 0, 0);
+            stats.record(op.name(), Outcome::Http4xx, 0, 0);
             continue;
         };
         let t0 = Instant::now();
@@ -625,7 +625,7 @@ async fn client_loop(
                 OpKind::Get if answer.outcome == Outcome::Ok => answer.body_bytes,
                 _ => 0,
             };
-            stats.record(answer.outcome, latency_us, bytes);
+            stats.record(op.name(), answer.outcome, latency_us, bytes);
         }
     }
     stats

@@ -11,6 +11,23 @@ use super::client::Outcome;
 /// Highest latency the histogram tracks (µs): one hour; longer values are clamped.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
+fn histogram() -> Histogram<u64> {
+    // 3 significant digits from 1 µs to an hour. The bounds are constants that hdrhistogram
+    // accepts, so this cannot fail at run time.
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant bounds")
+}
+
+/// One operation kind's share of a mixed run.
+pub struct OpStats {
+    /// Latency of its successful operations, in microseconds.
+    pub latency: Histogram<u64>,
+    /// Its successful operations.
+    pub ok: u64,
+    /// Its failed operations.
+    pub failed: u64,
+}
+
 /// One client's measurements; clients merge theirs at the end (no sharing in the hot path).
 pub struct Stats {
     /// Latency of successful operations, in microseconds.
@@ -19,42 +36,65 @@ pub struct Stats {
     pub outcomes: BTreeMap<&'static str, u64>,
     /// Payload bytes moved by successful operations (sent for puts, received for gets).
     pub bytes: u64,
+    /// Per operation kind (`get`, `put`), when the run mixes kinds; `None` otherwise.
+    pub by_op: Option<BTreeMap<&'static str, OpStats>>,
 }
 
 impl Stats {
-    /// Empty statistics.
-    pub fn new() -> Self {
-        // 3 significant digits from 1 µs to an hour. The bounds are constants that hdrhistogram
-        // accepts, so this cannot fail at run time.
-        #[allow(clippy::expect_used)]
-        let latency = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant bounds");
-        Self { latency, outcomes: BTreeMap::new(), bytes: 0 }
+    /// Empty statistics; `split` also keeps them per operation kind.
+    pub fn new(split: bool) -> Self {
+        Self {
+            latency: histogram(),
+            outcomes: BTreeMap::new(),
+            bytes: 0,
+            by_op: split.then(BTreeMap::new),
+        }
     }
 
-    /// Records one finished operation.
-    pub fn record(&mut self, outcome: Outcome, latency_us: u64, bytes: u64) {
+    /// Records one finished operation of kind `op`.
+    pub fn record(&mut self, op: &'static str, outcome: Outcome, latency_us: u64, bytes: u64) {
         *self.outcomes.entry(outcome.name()).or_default() += 1;
+        let latency_us = latency_us.clamp(1, MAX_LATENCY_US);
         if outcome.is_success() {
-            self.latency.saturating_record(latency_us.clamp(1, MAX_LATENCY_US));
+            self.latency.saturating_record(latency_us);
             self.bytes += bytes;
+        }
+        if let Some(by_op) = &mut self.by_op {
+            let s = by_op.entry(op).or_insert_with(|| OpStats {
+                latency: histogram(),
+                ok: 0,
+                failed: 0,
+            });
+            if outcome.is_success() {
+                s.latency.saturating_record(latency_us);
+                s.ok += 1;
+            } else {
+                s.failed += 1;
+            }
         }
     }
 
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: &Stats) {
-        // Both histograms have the same bounds; a failed add could only mean a value out of
+        // All histograms have the same bounds; a failed add could only mean a value out of
         // range, which `saturating_record` already prevents.
         let _ = self.latency.add(&other.latency);
         for (k, v) in &other.outcomes {
             *self.outcomes.entry(k).or_default() += v;
         }
         self.bytes += other.bytes;
-    }
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Self::new()
+        if let (Some(mine), Some(theirs)) = (&mut self.by_op, &other.by_op) {
+            for (op, s) in theirs {
+                let m = mine.entry(op).or_insert_with(|| OpStats {
+                    latency: histogram(),
+                    ok: 0,
+                    failed: 0,
+                });
+                let _ = m.latency.add(&s.latency);
+                m.ok += s.ok;
+                m.failed += s.failed;
+            }
+        }
     }
 }
 
@@ -73,6 +113,41 @@ pub struct Latency {
     pub max: f64,
     /// Mean.
     pub mean: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}",
+            self.p50, self.p90, self.p99, self.p999, self.max, self.mean
+        )
+    }
+}
+
+/// One operation kind's part of the report (mixed runs).
+#[derive(Serialize, Debug)]
+pub struct OpReport {
+    /// Its successful operations.
+    pub ops_ok: u64,
+    /// Its failed operations.
+    pub errors: u64,
+    /// Latency of its successful operations.
+    pub latency_ms: Latency,
 }
 
 /// The run's result, as printed and as written to `--json`.
@@ -94,6 +169,9 @@ pub struct Report {
     pub mb_per_s: f64,
     /// Latency of successful operations.
     pub latency_ms: Latency,
+    /// Per operation kind (`get`, `put`), only for runs that mix kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_op: Option<BTreeMap<String, OpReport>>,
 }
 
 impl Report {
@@ -108,20 +186,18 @@ impl Report {
             .filter(|(k, _)| !ok_names.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        let h = &stats.latency;
-        let ms = |us: u64| us as f64 / 1000.0;
-        let latency_ms = if h.is_empty() {
-            Latency::default()
-        } else {
-            Latency {
-                p50: ms(h.value_at_quantile(0.50)),
-                p90: ms(h.value_at_quantile(0.90)),
-                p99: ms(h.value_at_quantile(0.99)),
-                p999: ms(h.value_at_quantile(0.999)),
-                max: ms(h.max()),
-                mean: h.mean() / 1000.0,
-            }
-        };
+        let by_op = stats.by_op.as_ref().map(|m| {
+            m.iter()
+                .map(|(op, s)| {
+                    let r = OpReport {
+                        ops_ok: s.ok,
+                        errors: s.failed,
+                        latency_ms: Latency::of(&s.latency),
+                    };
+                    (op.to_string(), r)
+                })
+                .collect()
+        });
         let secs = elapsed_s.max(1e-9);
         Report {
             settings,
@@ -131,7 +207,8 @@ impl Report {
             elapsed_s,
             ops_per_s: ops_ok as f64 / secs,
             mb_per_s: stats.bytes as f64 / 1e6 / secs,
-            latency_ms,
+            latency_ms: Latency::of(&stats.latency),
+            by_op,
         }
     }
 
@@ -173,14 +250,11 @@ impl Report {
         );
         line("ops/s", format!("{:.1}", self.ops_per_s));
         line("MB/s", format!("{:.2}", self.mb_per_s));
-        let l = &self.latency_ms;
-        line(
-            "latency ms",
-            format!(
-                "p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}",
-                l.p50, l.p90, l.p99, l.p999, l.max, l.mean
-            ),
-        );
+        line("latency ms", self.latency_ms.line());
+        for (op, r) in self.by_op.iter().flatten() {
+            line(&format!("  {op}"), format!("ops ok {}  errors {}", r.ops_ok, r.errors));
+            line(&format!("  {op} ms"), r.latency_ms.line());
+        }
         out
     }
 }
@@ -190,14 +264,14 @@ mod tests {
     use super::*;
 
     fn sample() -> Report {
-        let mut a = Stats::new();
+        let mut a = Stats::new(false);
         for us in 1..=1000u64 {
-            a.record(Outcome::Ok, us * 10, 100);
+            a.record("get", Outcome::Ok, us * 10, 100);
         }
-        let mut b = Stats::new();
-        b.record(Outcome::Siblings, 5_000, 0);
-        b.record(Outcome::Http5xx, 99_999_999, 0);
-        b.record(Outcome::Timeout, 0, 0);
+        let mut b = Stats::new(false);
+        b.record("get", Outcome::Siblings, 5_000, 0);
+        b.record("get", Outcome::Http5xx, 99_999_999, 0);
+        b.record("get", Outcome::Timeout, 0, 0);
         a.merge(&b);
         let settings =
             serde_json::json!({"workload": "get", "endpoints": ["http://a:1"], "ops": null});
@@ -232,6 +306,29 @@ mod tests {
         for key in ["p50", "p90", "p99", "p999", "max", "mean"] {
             assert!(v["latency_ms"][key].is_f64(), "latency_ms.{key}");
         }
+        assert!(v.get("by_op").is_none(), "by_op only for mixed runs");
+    }
+
+    #[test]
+    fn mixed_runs_report_each_operation_kind() {
+        let mut a = Stats::new(true);
+        a.record("get", Outcome::Ok, 1_000, 10);
+        a.record("get", Outcome::NotFound, 1_000, 0);
+        let mut b = Stats::new(true);
+        b.record("put", Outcome::Ok, 9_000, 10);
+        b.record("get", Outcome::Ok, 3_000, 10);
+        a.merge(&b);
+        let r = Report::new(serde_json::json!({}), &a, 1.0);
+        let by_op = r.by_op.as_ref().unwrap();
+        assert_eq!((by_op["get"].ops_ok, by_op["get"].errors), (2, 1));
+        assert_eq!((by_op["put"].ops_ok, by_op["put"].errors), (1, 0));
+        assert!((by_op["put"].latency_ms.max - 9.0).abs() < 0.01);
+        assert!((by_op["get"].latency_ms.max - 3.0).abs() < 0.01);
+        let t = r.table();
+        assert!(t.contains("  get          ops ok 2  errors 1\n"), "{t}");
+        assert!(t.contains("  put ms       p50 9.0"), "{t}");
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["by_op"]["put"]["ops_ok"], 1);
     }
 
     #[test]
@@ -243,7 +340,7 @@ mod tests {
         assert!(t.contains("errors         2 (http_5xx=1, timeout=1)\n"), "{t}");
         assert!(t.contains("ops/s          500.5\n"), "{t}");
         assert!(t.contains("latency ms     p50 5.003"), "{t}");
-        let empty = Report::new(serde_json::json!({}), &Stats::new(), 1.0);
+        let empty = Report::new(serde_json::json!({}), &Stats::new(false), 1.0);
         assert!(empty.table().contains("errors         0\n"));
         assert_eq!(empty.latency_ms, Latency::default());
     }
