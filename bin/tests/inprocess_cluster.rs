@@ -53,6 +53,8 @@ async fn cluster() -> Cluster {
             w: 2,
             request_timeout: Duration::from_millis(800),
             max_siblings: 16,
+            read_speculate: cairn_node::node::DEFAULT_READ_SPECULATE,
+            full_read_every: cairn_node::node::DEFAULT_FULL_READ_EVERY,
         };
         let (transport, rx) = net.register(id);
         let _ = std::mem::replace(&mut inbound[i], rx);

@@ -123,6 +123,8 @@ enum Reply {
     Ok,
     Failed,
     TimedOut,
+    /// A read target held back (see [`ReadCoordinator::start`]): not asked yet.
+    Unasked,
 }
 
 /// Bookkeeping shared by reads and writes.
@@ -133,6 +135,8 @@ struct Tally {
     replies: Vec<Reply>,
     /// Nodes in the order their positive replies arrived.
     order: Vec<NodeId>,
+    /// The timer fired: nothing more will be asked or counted.
+    expired: bool,
 }
 
 impl Tally {
@@ -143,7 +147,7 @@ impl Tally {
             )));
         }
         let replies = vec![Reply::Pending; plan.targets.len()];
-        Ok(Tally { plan, required, replies, order: Vec::new() })
+        Ok(Tally { plan, required, replies, order: Vec::new(), expired: false })
     }
 
     /// Records a reply from `node` if it is a pending target. Returns whether it was accepted
@@ -162,11 +166,30 @@ impl Tally {
     }
 
     fn timeout(&mut self) {
+        self.expired = true;
         for r in &mut self.replies {
             if *r == Reply::Pending {
                 *r = Reply::TimedOut;
             }
         }
+    }
+
+    /// Marks unasked targets as asked and returns them, at most `limit`, in plan order.
+    fn ask(&mut self, limit: usize) -> Vec<Target> {
+        if self.expired {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (t, r) in self.plan.targets.iter().zip(self.replies.iter_mut()) {
+            if out.len() >= limit {
+                break;
+            }
+            if *r == Reply::Unasked {
+                *r = Reply::Pending;
+                out.push(t.clone());
+            }
+        }
+        out
     }
 
     fn count(&self, want: Reply) -> usize {
@@ -188,7 +211,9 @@ impl Tally {
     }
 
     fn impossible(&self) -> bool {
-        self.count(Reply::Ok) + self.count(Reply::Pending) < self.required
+        let open =
+            if self.expired { 0 } else { self.count(Reply::Pending) + self.count(Reply::Unasked) };
+        self.count(Reply::Ok) + open < self.required
     }
 
     fn hinted_ok(&self) -> Vec<Hint> {
@@ -373,9 +398,63 @@ impl<V: Clone + PartialEq> ReadCoordinator<V> {
         Ok(ReadCoordinator { tally, sets: BTreeMap::new(), merged: SiblingSet::new() })
     }
 
-    /// The nodes to ask.
+    /// The nodes to ask (every planned target; after [`ReadCoordinator::start`], the ones
+    /// asked so far are those [`ReadCoordinator::asked`] lists).
     pub fn targets(&self) -> &[Target] {
         &self.tally.plan.targets
+    }
+
+    /// Asks only `fanout` of the targets at first (at least R, at most all): `local` first when
+    /// it is a target, then the others in plan order. The rest are held back, to be asked when
+    /// one of the first fails ([`ReadCoordinator::replacements`]) or when the caller stops
+    /// waiting for a slow one ([`ReadCoordinator::ask_rest`]). Returns the targets to ask now.
+    ///
+    /// Without this call every target counts as asked (Dynamo's read: ask all N, wait for R).
+    /// Asking R instead of N halves the replica reads of a quorum read with N=3, R=2 and a
+    /// coordinator that holds a replica; the price is that a replica not asked is not
+    /// read-repaired by this read.
+    pub fn start(&mut self, fanout: usize, local: &NodeId) -> Vec<Target> {
+        // Not `clamp`: with fewer reachable targets than R, the lower bound exceeds the upper.
+        let fanout = fanout.max(self.tally.required).min(self.tally.plan.targets.len());
+        let t = &mut self.tally;
+        let local_at = t.plan.targets.iter().position(|x| &x.node == local);
+        for (i, r) in t.replies.iter_mut().enumerate() {
+            if *r == Reply::Pending {
+                *r = Reply::Unasked;
+            }
+            if Some(i) == local_at && fanout > 0 && *r == Reply::Unasked {
+                *r = Reply::Pending;
+            }
+        }
+        let mut first: Vec<Target> =
+            local_at.map(|i| t.plan.targets[i].clone()).into_iter().collect();
+        first.extend(t.ask(fanout.saturating_sub(first.len())));
+        first
+    }
+
+    /// After a failure: the held-back targets to ask now so that R replies are possible again.
+    pub fn replacements(&mut self) -> Vec<Target> {
+        let t = &self.tally;
+        let possible = t.count(Reply::Ok) + t.count(Reply::Pending);
+        let missing = t.required.saturating_sub(possible);
+        self.tally.ask(missing)
+    }
+
+    /// Every held-back target (the caller's speculative timer fired while a reply was late).
+    pub fn ask_rest(&mut self) -> Vec<Target> {
+        self.tally.ask(usize::MAX)
+    }
+
+    /// The targets asked so far.
+    pub fn asked(&self) -> Vec<NodeId> {
+        let t = &self.tally;
+        t.plan
+            .targets
+            .iter()
+            .zip(&t.replies)
+            .filter(|(_, r)| **r != Reply::Unasked)
+            .map(|(x, _)| x.node.clone())
+            .collect()
     }
 
     /// The key's owners.
@@ -444,7 +523,14 @@ impl<V: Clone + PartialEq> ReadCoordinator<V> {
         let t = &self.tally;
         ReadReport {
             pref_list: t.plan.pref_list.clone(),
-            targets: t.plan.targets.clone(),
+            targets: t
+                .plan
+                .targets
+                .iter()
+                .zip(&t.replies)
+                .filter(|(_, r)| **r != Reply::Unasked)
+                .map(|(x, _)| x.clone())
+                .collect(),
             replicas_read: t.order.clone(),
             not_found: t
                 .order

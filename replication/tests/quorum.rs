@@ -462,3 +462,75 @@ fn vector_clocks_render_per_replica() {
     let outcome = serde_json::to_value(c.outcome()).unwrap();
     assert_eq!(outcome["status"], "succeeded");
 }
+
+/// A read that asks R targets first (`start`), with replacements after failures and the rest
+/// on the caller's speculative timer: the coordinator asks the local replica first, never counts
+/// a reply from a target it did not ask, asks exactly enough replacements, and reports only the
+/// targets it asked.
+#[test]
+fn held_back_read_targets() {
+    let a1 = Actor::new(node("n1"), 1);
+    let mut set = SiblingSet::<u32>::new();
+    set.update(&VersionVector::new(), 7, &a1);
+    let all = reachable(&[]);
+    let names = |ts: &[cairn_replication::quorum::Target]| {
+        ts.iter().map(|t| t.node.to_string()).collect::<Vec<_>>()
+    };
+
+    // Coordinator n2 holds a replica: it asks itself, then the first other owner.
+    let mut c = ReadCoordinator::<u32>::new(&extended(), &all, 3, 2, &node("n2")).unwrap();
+    assert_eq!(names(&c.start(2, &node("n2"))), ["n2", "n1"]);
+    assert!(!c.on_reply(&node("n3"), Some(set.clone())), "n3 was not asked");
+    assert!(c.on_reply(&node("n2"), Some(set.clone())));
+    assert!(c.on_reply(&node("n1"), None));
+    let report = match c.outcome() {
+        Outcome::Succeeded(r) => r,
+        other => panic!("expected success, got {other:?}"),
+    };
+    assert_eq!(names(&report.targets), ["n1", "n2"], "only asked targets are reported");
+    assert_eq!(report.read_repair, nodes(&["n1"]));
+
+    // A failure brings in exactly one replacement; a second failure makes R impossible.
+    let mut c = ReadCoordinator::<u32>::new(&extended(), &all, 3, 2, &node("n5")).unwrap();
+    assert_eq!(names(&c.start(2, &node("n5"))), ["n1", "n2"], "n5 is no target: plan order");
+    assert!(c.on_failure(&node("n1")));
+    assert!(matches!(c.outcome(), Outcome::Pending), "n3 can still be asked");
+    assert_eq!(names(&c.replacements()), ["n3"]);
+    assert!(c.replacements().is_empty(), "enough targets are asked again");
+    assert!(c.on_failure(&node("n3")));
+    assert!(matches!(c.outcome(), Outcome::Failed(_)));
+
+    // The speculative timer: the rest is asked, and the first R replies decide.
+    let mut c = ReadCoordinator::<u32>::new(&extended(), &all, 3, 2, &node("n1")).unwrap();
+    assert_eq!(c.start(2, &node("n1")).len(), 2);
+    assert_eq!(names(&c.ask_rest()), ["n3"]);
+    assert!(c.ask_rest().is_empty());
+    assert!(c.on_reply(&node("n3"), Some(set.clone())));
+    assert!(c.on_reply(&node("n1"), Some(set.clone())));
+    assert!(matches!(c.outcome(), Outcome::Succeeded(_)));
+
+    // The timer of the whole read: held-back targets are neither timed out nor awaited.
+    let mut c = ReadCoordinator::<u32>::new(&extended(), &all, 3, 2, &node("n1")).unwrap();
+    c.start(2, &node("n1"));
+    assert!(c.on_reply(&node("n1"), Some(set.clone())));
+    c.on_timeout();
+    match c.outcome() {
+        Outcome::Failed(r) => {
+            assert_eq!(r.timed_out, nodes(&["n2"]));
+            assert_eq!(names(&r.targets), ["n1", "n2"]);
+        }
+        other => panic!("expected failure, got {other:?}"),
+    }
+    assert!(c.ask_rest().is_empty(), "nothing is asked after the timeout");
+
+    // Fewer reachable targets than R: everyone reachable is asked, and the read fails cleanly.
+    let lonely = reachable(&["n2", "n3", "n4", "n5"]);
+    let mut c = ReadCoordinator::<u32>::new(&extended(), &lonely, 3, 2, &node("n1")).unwrap();
+    assert_eq!(names(&c.start(2, &node("n1"))), ["n1"]);
+    assert!(c.on_reply(&node("n1"), Some(set.clone())));
+    assert!(matches!(c.outcome(), Outcome::Failed(_)));
+
+    // A fan-out of N (or more) asks everyone, as Dynamo does.
+    let mut c = ReadCoordinator::<u32>::new(&extended(), &all, 3, 2, &node("n3")).unwrap();
+    assert_eq!(names(&c.start(5, &node("n3"))), ["n3", "n1", "n2"]);
+}

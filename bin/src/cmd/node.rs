@@ -349,6 +349,8 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
         w: cfg.w,
         request_timeout: cfg.request_timeout,
         max_siblings: cairn_node::node::DEFAULT_MAX_SIBLINGS,
+        read_speculate: cairn_node::node::DEFAULT_READ_SPECULATE,
+        full_read_every: cairn_node::node::DEFAULT_FULL_READ_EVERY,
     };
     let node = Node::new(
         settings,

@@ -578,44 +578,67 @@ impl<T: Transport> Node<T> {
         let reachable = self.reachable();
         let mut rc: ReadCoordinator =
             ReadCoordinator::new(&ext, &reachable, self.ring.n(), r, self.id())?;
-        let targets = rc.targets().to_vec();
-        let (tx, mut rx) = mpsc::channel(targets.len().max(1));
-        for t in &targets {
+        // Ask R replicas first (this one first); every `full_read_every`-th read asks all N.
+        let seq = self.read_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let every = u64::from(self.settings.full_read_every);
+        let fanout = if every > 0 && seq.is_multiple_of(every) { usize::MAX } else { r };
+        let first = rc.start(fanout, self.id());
+        let (tx, mut rx) = mpsc::channel(rc.targets().len().max(1));
+        let ask = {
             let node = Arc::clone(self);
-            let tx = tx.clone();
-            let (t, key) = (t.node.clone(), key.clone());
-            tokio::spawn(async move {
-                let r = node.read_at(&t, key).await;
-                let _ = tx.send((t, r)).await;
-            });
-        }
-        drop(tx);
+            let key = key.clone();
+            move |targets: Vec<cairn_replication::quorum::Target>,
+                  tx: &mpsc::Sender<(NodeId, Result<Option<SiblingSet>, NodeError>)>| {
+                for t in targets {
+                    let node = Arc::clone(&node);
+                    let tx = tx.clone();
+                    let key = key.clone();
+                    tokio::spawn(async move {
+                        let r = node.read_at(&t.node, key).await;
+                        let _ = tx.send((t.node, r)).await;
+                    });
+                }
+            }
+        };
+        ask(first, &tx);
         let deadline = Instant::now() + self.settings.request_timeout;
+        let speculate_at = Instant::now() + self.settings.read_speculate;
         let (done_tx, done_rx) = oneshot::channel::<(SiblingSet, ReadReport)>();
         let node = Arc::clone(self);
         tokio::spawn(async move {
             let mut done_tx = Some(done_tx);
+            let mut speculated = false;
             loop {
                 if rc.outcome().is_decided()
                     && let Some(d) = done_tx.take()
                 {
                     let _ = d.send((rc.merged().clone(), rc.report()));
                 }
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                if rc.pending().is_empty() {
+                    break;
+                }
+                let wake = if speculated || done_tx.is_none() { deadline } else { speculate_at };
+                match tokio::time::timeout_at(wake, rx.recv()).await {
                     Ok(Some((from, Ok(set)))) => {
                         rc.on_reply(&from, set);
                     }
                     Ok(Some((from, Err(e)))) => {
                         tracing::debug!(%from, error = %e, "replica did not answer a read");
                         rc.on_failure(&from);
+                        ask(rc.replacements(), &tx);
                     }
                     Ok(None) => break,
+                    Err(_) if wake == speculate_at && !speculated => {
+                        speculated = true;
+                        ask(rc.ask_rest(), &tx);
+                    }
                     Err(_) => {
                         rc.on_timeout();
                         break;
                     }
                 }
             }
+            drop(tx);
             if let Some(d) = done_tx.take() {
                 let _ = d.send((rc.merged().clone(), rc.report()));
             }

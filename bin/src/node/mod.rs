@@ -42,6 +42,10 @@ use store::Store;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default most concurrent versions of one object.
 pub const DEFAULT_MAX_SIBLINGS: usize = 64;
+/// Default wait for R answers before a read also asks the replicas it held back.
+pub const DEFAULT_READ_SPECULATE: Duration = Duration::from_millis(50);
+/// Default share of reads that ask all N replicas at once: one in this many.
+pub const DEFAULT_FULL_READ_EVERY: u32 = 10;
 
 /// The replication settings of a node.
 #[derive(Debug, Clone)]
@@ -62,6 +66,12 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Most concurrent versions of one object; a write that would exceed it is refused.
     pub max_siblings: usize,
+    /// A read asks R replicas first (this node first when it holds one) and the others only
+    /// when one of those fails, or after this long without R answers (a speculative retry).
+    pub read_speculate: Duration,
+    /// One read in this many asks all N replicas at once, so that replicas a quorum-first read
+    /// skips are still read-repaired; 1 asks all N on every read (Dynamo's read), 0 never.
+    pub full_read_every: u32,
 }
 
 /// A running node's shared state. Cheap to clone through `Arc`.
@@ -85,6 +95,8 @@ pub struct Node<T: Transport> {
     pub hints: Mutex<HintBook<HintKey>>,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
+    /// Reads coordinated so far (picks the reads that ask all N, see [`Settings`]).
+    read_seq: std::sync::atomic::AtomicU64,
 }
 
 impl<T: Transport> Node<T> {
@@ -116,6 +128,7 @@ impl<T: Transport> Node<T> {
             view,
             hints: Mutex::new(book),
             metrics: metrics::Metrics::default(),
+            read_seq: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
