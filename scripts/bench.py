@@ -241,10 +241,13 @@ def run_point(cairn, setup, wl, conc, args):
     return runs
 
 
-def prefill(cairn, setup, args):
-    """Writes every key the get workloads read; returns the bytes written."""
+def prefill(cairn, setup, args, wls):
+    """Writes every key the chosen get workloads read; returns the bytes written."""
     written = 0
+    needed = {(w[2], w[3]) for w in wls if w[3] is not None}
     for name, workload, size, keys, dist in WORKLOADS:
+        if (size, keys) not in needed:
+            continue
         if keys is None or workload == "mixed":
             continue  # the mix reads the 4 KiB gets' keys: already written
         log(f"{setup.label}: prefilling {keys} x {size}")
@@ -555,7 +558,7 @@ def main():
         written = 0
         try:
             if label != "ceiling":
-                written += prefill(cairn, setup, args)
+                written += prefill(cairn, setup, args, wls)
             for wl in wls:
                 if label == "ceiling" and wl[2] != "4KiB" or label == "ceiling" and \
                         wl[1] == "mixed":
