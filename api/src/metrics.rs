@@ -32,6 +32,8 @@ use futures::FutureExt;
 
 use crate::error::{ApiError, ErrorCode};
 
+/// Requests slower than this are logged at info level (the others at debug).
+pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
 /// Upper bounds (seconds) of the latency histogram buckets; `+Inf` is implied. From 1 ms (a
 /// local read) to 10 s (a quorum timeout).
 pub const LATENCY_BUCKETS: [f64; 12] =
@@ -246,10 +248,15 @@ pub async fn observe(State(obs): State<Observe>, req: Request, next: Next) -> Re
     }
     let code = code.unwrap_or("");
     let latency_ms = latency.as_secs_f64() * 1000.0;
+    // One line per failed or slow request at the default level; every request at debug
+    // (`CAIRN_LOG=cairn_api=debug`). Logging each request at info cost a formatted line and a
+    // write to stderr per request on the hot path; the counters above keep every request.
     if resp.status().is_server_error() {
         tracing::warn!(%method, %path, %route, status, code, latency_ms, "request failed");
+    } else if latency >= SLOW_REQUEST {
+        tracing::info!(%method, %path, %route, status, code, latency_ms, "slow request");
     } else {
-        tracing::info!(%method, %path, %route, status, code, latency_ms, "request");
+        tracing::debug!(%method, %path, %route, status, code, latency_ms, "request");
     }
     resp
 }
