@@ -27,8 +27,9 @@
 //! - **resurrected**: a visible element that an *acknowledged* delete saw (its tombstone's context
 //!   covered the element's version, so no merge may bring it back).
 //! - **siblings**: versions in one view (live and delete markers) must not exceed the number of
-//!   truly concurrent operations: writes that may have been applied and whose element no later
-//!   possibly-applied operation saw (the maximal writes of the causal order), plus the deletes that
+//!   truly concurrent operations: writes that may have been applied and whose element no
+//!   acknowledged operation saw (the maximal writes of the causal order; an indeterminate
+//!   operation may not have been applied, so what it saw may stay maximal), plus the deletes that
 //!   may have been applied (each can leave one marker). This is the DVV bound: a version can only
 //!   survive if no context covered it. It is not the number of clients: under a sloppy quorum a
 //!   client's read can miss its own acknowledged write (the read and write sets need not overlap),
@@ -201,8 +202,13 @@ pub fn check(ops: &[Op], views: &BTreeMap<String, BTreeMap<String, View>>) -> Ve
     let mut facts: BTreeMap<&str, KeyFacts> = BTreeMap::new();
     for op in ops {
         let f = facts.entry(op.key.as_str()).or_default();
-        if op.outcome != Outcome::Failed {
+        // Only an acknowledged operation surely covered what it saw: an indeterminate one may
+        // never have been applied, and then the writes it saw stay maximal (docker seed 3102:
+        // two concurrent writes, the one write that saw both indeterminate and absent).
+        if op.outcome == Outcome::Ok {
             f.seen_later.extend(op.saw.iter().cloned());
+        }
+        if op.outcome != Outcome::Failed {
             match &op.kind {
                 OpKind::Write { elem } => {
                     f.maybe_applied.insert(elem.clone());
@@ -419,6 +425,26 @@ mod tests {
         let ops = vec![write(0, "k", "a", &[], Outcome::Ok), write(1, "k", "b", &[], Outcome::Ok)];
         let v = check(&ops, &views("k", &[found(&[&["a"], &["a"]])]));
         assert_eq!(v.sibling_excess, 1, "{v:?}");
+    }
+
+    #[test]
+    fn an_indeterminate_write_does_not_shrink_the_bound() {
+        // a and b are concurrent; c saw both but timed out and was never applied: a and b both
+        // stay (the Docker run of seed 3102 showed exactly this on `hot-20-0`).
+        let ops = vec![
+            write(0, "k", "a", &["x"], Outcome::Ok),
+            write(1, "k", "b", &["x"], Outcome::Ok),
+            write(1, "k", "c", &["a", "b", "x"], Outcome::Indeterminate),
+            write(0, "k", "x", &[], Outcome::Ok),
+        ];
+        let v = check(&ops, &views("k", &[found(&[&["a", "x"], &["b", "x"]])]));
+        assert_eq!(v.sibling_excess, 0, "{v:?}");
+        assert!(v.passed(), "{v:?}");
+        // Had c been acknowledged, it would have superseded both.
+        let mut acked = ops.clone();
+        acked[2].outcome = Outcome::Ok;
+        let v = check(&acked, &views("k", &[found(&[&["a", "x"], &["b", "x"]])]));
+        assert!(v.sibling_excess > 0 || v.lost > 0, "{v:?}");
     }
 
     #[test]
