@@ -437,19 +437,21 @@ def targets(points, memory, disk):
     if g16:
         out.append(("4 KiB gets p99 < 5 ms at c16 (4 nodes)", f"{g16['p99']:.2f} ms",
                     g16["p99"] < 5))
+    # 1 MiB: judged per setup (the 4-node cluster is what the target is about; one node shows
+    # the engine and HTTP path alone). Gets of data written moments before come from the page
+    # cache, so they can beat the disk's read figure.
     for wl, bw_key in (("put 1 MiB", "write_mb_s"), ("get 1 MiB", "read_mb_s")):
-        best = None
         for setup in ("4 nodes, sync always", "1 node"):
+            best = None
             for c in (1, 16, 64):
                 s = pt(setup, wl, c)
                 if s and (best is None or s["mb_per_s"] > best[0]):
-                    best = (s["mb_per_s"], setup, c)
-        if best:
-            bw = disk[bw_key]
-            out.append((f"{wl}: within 3× of disk bandwidth ({bw:.0f} MB/s)",
-                        f"best {best[0]:.0f} MB/s ({best[1]}, c{best[2]}) = "
-                        f"1/{bw / best[0]:.1f} of the disk" if best[0] else "0",
-                        best[0] * 3 >= bw))
+                    best = (s["mb_per_s"], c)
+            if best and best[0] > 0:
+                bw = disk[bw_key]
+                out.append((f"{wl}, {setup}: within 3× of disk bandwidth ({bw:.0f} MB/s)",
+                            f"best {best[0]:.0f} MB/s (c{best[1]}) = {best[0] / bw:.2f}× the disk",
+                            best[0] * 3 >= bw))
     if memory:
         out.append((f"RssAnon of a node with {memory['objects']:,} objects < 200 MB",
                     f"{memory['anon_mb']:.0f} MiB (after restart {memory['restart_anon_mb']:.0f})",
@@ -517,7 +519,18 @@ def main():
     ap.add_argument("--object-size", default="100")
     ap.add_argument("--port-base", type=int, default=18081)
     ap.add_argument("--p2p-base", type=int, default=17081)
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the section from <workdir>/results.json without measuring")
     args = ap.parse_args()
+    if args.render_only:
+        with open(os.path.join(args.workdir, "results.json")) as f:
+            results = json.load(f)
+        results["targets"] = targets(results["points"], results["memory"],
+                                     results["facts"]["disk"])
+        section = render(results, results["facts"], args)
+        write_section(args.out, section)
+        print(section)
+        return
 
     cairn = os.path.abspath(args.cairn)
     os.makedirs(args.workdir, exist_ok=True)
