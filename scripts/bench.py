@@ -482,7 +482,6 @@ def memory_check(cairn, args, workdir):
             pass
         node.stop()
         t1 = time.monotonic()
-        s2 = None
         # Restart the same node on the same directory.
         cmd = node.popen.args
         node2 = Proc("n1", cmd, node.log_path)
@@ -495,7 +494,7 @@ def memory_check(cairn, args, workdir):
         return {"objects": res["ops_ok"], "size": args.object_size, "load_s": load_s,
                 "ops_per_s": res["ops_per_s"], "anon_mb": anon, "rss_mb": rss,
                 "restart_anon_mb": anon2, "restart_s": restart_s, "keydir": keydir,
-                "errors": res["errors"], "unused": s2}
+                "errors": res["errors"]}
     finally:
         s.stop()
 

@@ -398,8 +398,8 @@ impl<V: Clone + PartialEq> ReadCoordinator<V> {
         Ok(ReadCoordinator { tally, sets: BTreeMap::new(), merged: SiblingSet::new() })
     }
 
-    /// The nodes to ask (every planned target; after [`ReadCoordinator::start`], the ones
-    /// asked so far are those [`ReadCoordinator::asked`] lists).
+    /// Every planned target (after [`ReadCoordinator::start`], the report's `targets` lists
+    /// the ones actually asked).
     pub fn targets(&self) -> &[Target] {
         &self.tally.plan.targets
     }
@@ -443,18 +443,6 @@ impl<V: Clone + PartialEq> ReadCoordinator<V> {
     /// Every held-back target (the caller's speculative timer fired while a reply was late).
     pub fn ask_rest(&mut self) -> Vec<Target> {
         self.tally.ask(usize::MAX)
-    }
-
-    /// The targets asked so far.
-    pub fn asked(&self) -> Vec<NodeId> {
-        let t = &self.tally;
-        t.plan
-            .targets
-            .iter()
-            .zip(&t.replies)
-            .filter(|(_, r)| **r != Reply::Unasked)
-            .map(|(x, _)| x.node.clone())
-            .collect()
     }
 
     /// The key's owners.

@@ -50,7 +50,7 @@ async fn serve(args: Args) -> Result<()> {
     let addr = listener.local_addr().context("reading the listening address")?;
     tracing::info!(%addr, "bench-target listening");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(super::node::shutdown_signal())
         .await
         .context("serving")?;
     Ok(())
@@ -68,28 +68,4 @@ async fn answer(State(body): State<Bytes>, req: Request) -> Response {
         }
     }
     ([(header::CONTENT_TYPE, "application/json")], r#"{"success":true}"#).into_response()
-}
-
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
 }

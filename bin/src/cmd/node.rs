@@ -426,8 +426,8 @@ fn engine_max_value(max_object_size: u64) -> u64 {
         .min(cairn_engine::MAX_VALUE_SIZE_LIMIT)
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C (SIGINT). Shared with `cairn bench-target`.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");
