@@ -84,6 +84,11 @@ impl ClusterSecret {
     pub fn fingerprint(&self) -> String {
         self.psk().fingerprint().to_string()
     }
+
+    /// The key bytes (for the data plane's Noise prologue; never logged or sent).
+    pub(crate) fn key_bytes(&self) -> [u8; 32] {
+        self.0
+    }
 }
 
 fn decode_hex(text: &str) -> Result<[u8; 32]> {
@@ -109,6 +114,10 @@ pub struct MembershipConfig {
     pub data_dir: PathBuf,
     /// Address to listen on, e.g. `/ip4/127.0.0.1/tcp/7000` (port 0 picks a free port).
     pub listen: Multiaddr,
+    /// Where the data plane (replication requests, [`crate::wire`]) listens. `None`: the IP
+    /// address of `listen` (127.0.0.1 if it has none) and a free port, which is announced in
+    /// heartbeats. Set a fixed port where a firewall must let it through.
+    pub data_listen: Option<std::net::SocketAddr>,
     /// Addresses of other members to dial at start and to redial, with backoff, while they are
     /// not connected.
     pub bootstrap: Vec<Multiaddr>,
@@ -147,6 +156,7 @@ impl MembershipConfig {
             node_id: node_id.into(),
             data_dir: data_dir.into(),
             listen,
+            data_listen: None,
             bootstrap: Vec::new(),
             secret,
             http_addr: String::new(),
@@ -178,6 +188,25 @@ impl MembershipConfig {
             return Err(Error::Config("max message size must be between 1 and 4 GiB".into()));
         }
         Ok(())
+    }
+
+    /// The data plane's listen address: [`Self::data_listen`], or the IP of [`Self::listen`]
+    /// with port 0.
+    pub fn data_listen_addr(&self) -> std::net::SocketAddr {
+        use libp2p::multiaddr::Protocol;
+        if let Some(addr) = self.data_listen {
+            return addr;
+        }
+        let ip = self
+            .listen
+            .iter()
+            .find_map(|p| match p {
+                Protocol::Ip4(a) => Some(std::net::IpAddr::V4(a)),
+                Protocol::Ip6(a) => Some(std::net::IpAddr::V6(a)),
+                _ => None,
+            })
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        std::net::SocketAddr::new(ip, 0)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Cairn membership: libp2p discovery, gossipsub heartbeats, phi-accrual failure detection, and
-//! the request/response channel that carries replication messages between nodes.
+//! the data plane that carries replication messages between nodes.
 //!
 //! A node calls [`Membership::start`] with a [`MembershipConfig`] and gets a
 //! [`MembershipHandle`] (member view, status events, failure reports, and the [`Transport`]
@@ -36,11 +36,11 @@
 //! - [`phi`]: the phi-accrual failure detector (pure, injected time).
 //! - [`table`]: the member table state machine Up/Suspect/Down and the published view (pure).
 //! - [`transport`]: the [`Transport`] trait, inbound requests and reply handles.
-//! - [`codec`]: the length-prefixed rmp-serde wire codec of `/cairn/rpc/1.0.0`.
 //! - [`node`]: the libp2p swarm task, gossip heartbeats, discovery, and [`MembershipHandle`].
+//! - [`wire`]: the data plane that carries requests: one Noise-encrypted TCP connection per
+//!   pair of nodes, frames with request ids, the cluster secret in the handshake.
 //! - [`testing`]: [`testing::InMemoryNetwork`], an in-process transport for other crates' tests.
 
-pub mod codec;
 pub mod config;
 pub mod error;
 pub mod node;
@@ -48,6 +48,7 @@ pub mod phi;
 pub mod table;
 pub mod testing;
 pub mod transport;
+pub mod wire;
 
 pub use config::{ClusterSecret, MembershipConfig};
 pub use error::{Error, Result};

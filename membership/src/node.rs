@@ -25,7 +25,9 @@
 //! Every connection is TCP → pnet (the cluster secret, XSalsa20) → multistream-select → Noise
 //! → Yamux. A peer with another secret decrypts garbage during protocol negotiation, so the
 //! upgrade fails and no libp2p protocol ever runs with it: it is never admitted. The failure
-//! is logged at WARN with the likely cause.
+//! is logged at WARN with the likely cause. Replication requests do not use libp2p: they go over
+//! the data plane ([`crate::wire`]), which runs on the caller's runtime; the swarm task only
+//! tells it at which IP address each peer was reached.
 //!
 //! The task is the only owner of the swarm and the [`MemberTable`]; everything else talks to
 //! it through channels (see [`MembershipHandle`]). It never blocks on a consumer: the inbound
@@ -36,21 +38,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use libp2p::core::transport::Transport as _;
 use libp2p::core::upgrade::Version;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, noise, pnet, request_response, tcp, yamux,
-};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, noise, pnet, tcp, yamux};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::codec::{PROTOCOL, RpcCodec, WireRequest, WireResponse};
 use crate::config::{MembershipConfig, load_or_create_keypair};
 use crate::error::{Error, Result};
 use crate::table::{
@@ -59,6 +56,7 @@ use crate::table::{
 use crate::transport::{
     DROPPED_REPLY, INBOUND_QUEUE_CAPACITY, InboundRequest, ReplyHandle, Transport,
 };
+use crate::wire::{DataPlane, DataPlaneConfig, Routes};
 
 /// Gossipsub topic carrying heartbeats.
 pub const HEARTBEAT_TOPIC: &str = "cairn/heartbeat/1";
@@ -83,12 +81,7 @@ pub const REDIAL_MAX: Duration = Duration::from_secs(4);
 pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Bound on TCP connect plus the pnet/noise/yamux upgrade of one connection.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Extra time libp2p's request-response timer gets beyond the configured request timeout, so
-/// the requester's own timer (exactly `request_timeout`) fires first and reports a timeout,
-/// while the receiver (whose inbound streams share libp2p's timer) does not cut the stream
-/// just before the requester gives up.
-pub const RPC_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
-/// Capacity of the command channel from handles to the task (requests wait when it is full).
+/// Capacity of the command channel from handles to the task.
 pub const COMMAND_QUEUE_CAPACITY: usize = 1024;
 /// Capacity of the member-event broadcast; a receiver more than this many events behind gets
 /// `RecvError::Lagged` and should re-read the view.
@@ -108,13 +101,15 @@ struct WireHeartbeat {
     /// Out-of-rhythm heartbeat (see [`Heartbeat::extra`]).
     #[serde(default)]
     extra: bool,
+    /// The sender's data plane port ([`crate::wire`]).
+    #[serde(default)]
+    data_port: u16,
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
-    rpc: request_response::Behaviour<RpcCodec>,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -157,8 +152,28 @@ impl Membership {
         config: MembershipConfig,
     ) -> Result<(MembershipHandle, mpsc::Receiver<InboundRequest>)> {
         config.validate()?;
+        ensure_port_free(&config.listen)?;
+        let keypair = load_or_create_keypair(&config.data_dir)?;
+        // The data plane lives on the caller's runtime, next to the code that sends and serves
+        // requests; only the swarm goes to its own thread.
+        let listener = DataPlane::bind(config.data_listen_addr()).await?;
+        let (view_tx, view_rx) = watch::channel(MemberView::default());
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_CAPACITY);
+        let routes = Arc::new(Routes::default());
+        let data = DataPlane::start(
+            listener,
+            DataPlaneConfig {
+                keypair: keypair.clone(),
+                secret: config.secret.key_bytes(),
+                max_message: config.max_message_size,
+                view: view_rx.clone(),
+                routes: routes.clone(),
+                inbound_tx: inbound_tx.clone(),
+            },
+        )?;
+        let setup = Setup { keypair, data, view_tx, view_rx, inbound_tx, inbound_rx, routes };
         if !config.dedicated_thread {
-            let (handle, inbound, task) = Self::prepare(config).await?;
+            let (handle, inbound, task) = Self::prepare(config, setup).await?;
             tokio::spawn(task.run());
             return Ok((handle, inbound));
         }
@@ -175,7 +190,7 @@ impl Membership {
                     }
                 };
                 rt.block_on(async move {
-                    match Self::prepare(config).await {
+                    match Self::prepare(config, setup).await {
                         Ok((handle, inbound, task)) => {
                             // If the caller went away, the handle is dropped and nothing runs.
                             if tx.send(Ok((handle, inbound))).is_ok() {
@@ -196,14 +211,14 @@ impl Membership {
     /// sockets are registered with the current runtime's reactor).
     async fn prepare(
         config: MembershipConfig,
+        setup: Setup,
     ) -> Result<(MembershipHandle, mpsc::Receiver<InboundRequest>, Task)> {
-        ensure_port_free(&config.listen)?;
-        let keypair = load_or_create_keypair(&config.data_dir)?;
+        let Setup { keypair, data, view_tx, view_rx, inbound_tx, inbound_rx, routes } = setup;
         let incarnation = next_incarnation(&config.data_dir)?;
         let local_peer = keypair.public().to_peer_id();
         let psk = config.secret.psk();
-        let max_message_size = config.max_message_size;
         let request_timeout = config.request_timeout;
+        let max_message_size = config.max_message_size;
         let node_id = config.node_id.clone();
         let version = config.version.clone();
         let mdns_on = config.mdns;
@@ -231,18 +246,12 @@ impl Membership {
                     identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
                         .with_agent_version(format!("cairn/{version} node={node_id}")),
                 );
-                let rpc = request_response::Behaviour::with_codec(
-                    RpcCodec::new(max_message_size),
-                    [(PROTOCOL, request_response::ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(request_timeout + RPC_TIMEOUT_GRACE),
-                );
                 let mdns = if mdns_on {
                     Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local_peer)?)
                 } else {
                     None
                 };
-                Ok(Behaviour { gossipsub, identify, rpc, mdns: Toggle::from(mdns) })
+                Ok(Behaviour { gossipsub, identify, mdns: Toggle::from(mdns) })
             })
             .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(CONNECTION_IDLE_TIMEOUT))
@@ -285,20 +294,20 @@ impl Membership {
             addresses: listen_addrs.iter().map(|a| a.to_string()).collect(),
             http_addr: config.http_addr.clone(),
             version: config.version.clone(),
+            data_port: data.port(),
         };
         let table = MemberTable::new(
             config.node_id.clone(),
             announced,
             TableConfig::new(config.heartbeat_interval, config.phi_threshold),
         );
-        let (view_tx, view_rx) = watch::channel(table.view(Instant::now()));
+        view_tx.send_replace(table.view(Instant::now()));
         let (events_tx, _) = broadcast::channel(EVENTS_CAPACITY);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE_CAPACITY);
-        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_CAPACITY);
 
         tracing::info!(
             node = %config.node_id, peer = %local_peer, incarnation,
-            addrs = ?listen_addrs, secret = %config.secret.fingerprint(),
+            addrs = ?listen_addrs, data_port = data.port(), secret = %config.secret.fingerprint(),
             "membership started"
         );
         let bootstrap = config
@@ -318,9 +327,7 @@ impl Membership {
             cmd_rx,
             view_tx,
             events_tx: events_tx.clone(),
-            inbound_tx: inbound_tx.clone(),
-            pending_out: HashMap::new(),
-            pending_replies: FuturesUnordered::new(),
+            routes,
             bootstrap,
             bootstrap_peers: HashMap::new(),
             peer_backoff: HashMap::new(),
@@ -338,6 +345,7 @@ impl Membership {
                 view_rx,
                 events_tx,
                 inbound_tx,
+                data,
             }),
         };
         Ok((handle, inbound_rx, task))
@@ -388,9 +396,19 @@ fn next_incarnation(data_dir: &std::path::Path) -> Result<u64> {
     Ok(next)
 }
 
+/// What [`Membership::start`] makes on the caller's runtime for [`Membership::prepare`].
+struct Setup {
+    keypair: libp2p::identity::Keypair,
+    data: DataPlane,
+    view_tx: watch::Sender<MemberView>,
+    view_rx: watch::Receiver<MemberView>,
+    inbound_tx: mpsc::Sender<InboundRequest>,
+    inbound_rx: mpsc::Receiver<InboundRequest>,
+    routes: Arc<Routes>,
+}
+
 /// Commands from handles to the swarm task.
 enum Command {
-    Request { to: String, payload: Bytes, reply: oneshot::Sender<Result<Bytes>> },
     ReportFailure(String),
     Shutdown(oneshot::Sender<()>),
 }
@@ -431,6 +449,8 @@ struct HandleInner {
     events_tx: broadcast::Sender<MemberEvent>,
     /// Clone of the inbound queue sender, for requests a node sends to itself.
     inbound_tx: mpsc::Sender<InboundRequest>,
+    /// Connections to the other nodes' data ports, for requests to them.
+    data: DataPlane,
 }
 
 impl MembershipHandle {
@@ -447,6 +467,11 @@ impl MembershipHandle {
     /// Addresses the node listens on (usable as bootstrap addresses for other nodes).
     pub fn listen_addrs(&self) -> &[Multiaddr] {
         &self.inner.listen_addrs
+    }
+
+    /// The TCP port of this node's data plane ([`crate::wire`]).
+    pub fn data_port(&self) -> u16 {
+        self.inner.data.port()
     }
 
     /// A receiver of the member view, refreshed every [`DETECTOR_TICK`].
@@ -469,6 +494,7 @@ impl MembershipHandle {
     /// Stops the swarm task and waits for it to end (connections are closed). Idempotent;
     /// afterwards requests fail with [`Error::Shutdown`].
     pub async fn shutdown(&self) {
+        self.inner.data.shutdown();
         let (tx, rx) = oneshot::channel();
         if self.inner.cmd_tx.send(Command::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
@@ -500,23 +526,14 @@ impl MembershipHandle {
                 Ok(Ok(Err(message))) => Err(Error::Remote { node: to.to_owned(), message }),
             };
         }
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .cmd_tx
-            .send(Command::Request { to: to.to_owned(), payload, reply: tx })
-            .await
-            .map_err(|_| Error::Shutdown)?;
-        // The requester's clock is the one that counts: libp2p's own timer runs
-        // RPC_TIMEOUT_GRACE longer (it also bounds how long the receiver keeps the stream), so
-        // a slow peer is reported as a timeout here, not as a stream cut by its own timer.
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Shutdown),
-            Err(_) => {
-                self.report_failure(to);
-                Err(Error::Timeout { node: to.to_owned() })
-            }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let result = self.inner.data.request(to, payload, deadline).await;
+        if let Err(e) = &result
+            && e.implicates_peer()
+        {
+            self.report_failure(to);
         }
+        result
     }
 }
 
@@ -561,9 +578,6 @@ impl Backoff {
     }
 }
 
-type PendingReply =
-    BoxFuture<'static, (request_response::ResponseChannel<WireResponse>, WireResponse)>;
-
 /// The swarm task's state. Owned by one tokio task; nothing here is shared.
 struct Task {
     swarm: Swarm<Behaviour>,
@@ -580,13 +594,8 @@ struct Task {
     view_tx: watch::Sender<MemberView>,
     /// Transition publication; `send` errors (no receivers) are ignored.
     events_tx: broadcast::Sender<MemberEvent>,
-    /// Inbound requests to the node; `try_send` only, never awaited.
-    inbound_tx: mpsc::Sender<InboundRequest>,
-    /// Outbound requests awaiting a response: target node id and the requester's oneshot.
-    pending_out:
-        HashMap<request_response::OutboundRequestId, (String, oneshot::Sender<Result<Bytes>>)>,
-    /// Inbound requests handed to the node, each resolving to the response to send.
-    pending_replies: FuturesUnordered<PendingReply>,
+    /// The IP address each peer was last reached at, for the data plane's dials.
+    routes: Arc<Routes>,
     /// Bootstrap addresses and their redial backoff.
     bootstrap: HashMap<Multiaddr, Backoff>,
     /// Peer reached at each bootstrap address (learned when a dial to it succeeds).
@@ -645,15 +654,7 @@ impl Task {
                 _ = heartbeat.tick() => self.publish_heartbeat(false),
                 _ = detector.tick() => self.on_detector_tick(),
                 _ = redial.tick() => self.redial(),
-                Some((channel, response)) = self.pending_replies.next(),
-                    if !self.pending_replies.is_empty() => {
-                    let _ = self.swarm.behaviour_mut().rpc.send_response(channel, response);
-                }
             }
-        }
-        for (_, (node, tx)) in self.pending_out.drain() {
-            let _ =
-                tx.send(Err(Error::Unreachable { node, reason: "local node shut down".into() }));
         }
         tracing::info!(node = %self.config.node_id, "membership stopped");
         drop(self.swarm);
@@ -696,6 +697,7 @@ impl Task {
             version: self.config.version.clone(),
             addresses: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
             extra,
+            data_port: self.table.local_announcement().data_port,
         };
         self.seq += 1;
         let bytes = match rmp_serde::to_vec(&hb) {
@@ -716,7 +718,6 @@ impl Task {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Request { to, payload, reply } => self.send_request(to, payload, reply),
             Command::ReportFailure(node) => {
                 if let Some(e) = self.table.request_failed(&node, Instant::now()) {
                     self.emit(e);
@@ -726,25 +727,9 @@ impl Task {
         }
     }
 
-    fn send_request(&mut self, to: String, payload: Bytes, reply: oneshot::Sender<Result<Bytes>>) {
-        let Some(ann) = self.table.announcement(&to) else {
-            let _ = reply.send(Err(Error::UnknownNode(to)));
-            return;
-        };
-        let Ok(peer) = ann.peer_id.parse::<PeerId>() else {
-            let _ = reply.send(Err(Error::UnknownNode(to)));
-            return;
-        };
-        let addrs: Vec<Multiaddr> = ann.addresses.iter().filter_map(|a| a.parse().ok()).collect();
-        let req = WireRequest { from: self.config.node_id.clone(), payload: payload.to_vec() };
-        let id = self.swarm.behaviour_mut().rpc.send_request_with_addresses(&peer, req, addrs);
-        self.pending_out.insert(id, (to, reply));
-    }
-
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
-            SwarmEvent::Behaviour(BehaviourEvent::Rpc(ev)) => self.on_rpc(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -777,6 +762,9 @@ impl Task {
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if let Some(ip) = ip_of_multiaddr(endpoint.get_remote_address()) {
+                    self.routes.write().insert(peer_id, ip);
+                }
                 if endpoint.is_dialer() {
                     let addr = endpoint.get_remote_address().clone();
                     if let Some(b) = self.bootstrap.get_mut(&addr) {
@@ -858,6 +846,7 @@ impl Task {
                         addresses: hb.addresses,
                         http_addr: hb.http_addr,
                         version: hb.version,
+                        data_port: hb.data_port,
                     },
                 };
                 if let Some(e) = self.table.heartbeat(beat, Instant::now()) {
@@ -871,99 +860,6 @@ impl Task {
                 self.publish_heartbeat(true);
             }
             _ => {}
-        }
-    }
-
-    fn on_rpc(&mut self, ev: request_response::Event<WireRequest, WireResponse>) {
-        use request_response::{Event, Message, OutboundFailure};
-        match ev {
-            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-                self.on_inbound(peer, request, channel);
-            }
-            Event::Message { message: Message::Response { request_id, response }, .. } => {
-                if let Some((node, tx)) = self.pending_out.remove(&request_id) {
-                    let result = match response {
-                        WireResponse::Ok(b) => Ok(Bytes::from(b)),
-                        WireResponse::Err(message) => Err(Error::Remote { node, message }),
-                    };
-                    let _ = tx.send(result);
-                }
-            }
-            Event::OutboundFailure { request_id, error, peer, .. } => {
-                let Some((node, tx)) = self.pending_out.remove(&request_id) else { return };
-                tracing::debug!(%node, %peer, %error, "request failed");
-                if tx.is_closed() {
-                    // The requester already timed out and reported the failure itself.
-                    return;
-                }
-                let err = match error {
-                    OutboundFailure::Timeout => Error::Timeout { node: node.clone() },
-                    // The request is written only on an established connection: a failed dial
-                    // means it never left this node.
-                    OutboundFailure::DialFailure => {
-                        Error::NotDelivered { node: node.clone(), reason: error.to_string() }
-                    }
-                    other => Error::Unreachable { node: node.clone(), reason: other.to_string() },
-                };
-                if err.implicates_peer()
-                    && let Some(e) = self.table.request_failed(&node, Instant::now())
-                {
-                    self.emit(e);
-                }
-                let _ = tx.send(Err(err));
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "inbound request failed");
-            }
-            Event::ResponseSent { .. } => {}
-        }
-    }
-
-    fn on_inbound(
-        &mut self,
-        peer: PeerId,
-        request: WireRequest,
-        channel: request_response::ResponseChannel<WireResponse>,
-    ) {
-        let rpc = &mut self.swarm.behaviour_mut().rpc;
-        let from = match self.table.node_of_peer(&peer.to_string()) {
-            Some(known) if known != request.from => {
-                tracing::warn!(%peer, known, claimed = %request.from, "request with a wrong node id");
-                let _ =
-                    rpc.send_response(channel, WireResponse::Err("sender node id mismatch".into()));
-                return;
-            }
-            Some(known) => known.to_owned(),
-            None => request.from,
-        };
-        let (reply, rx) = ReplyHandle::new();
-        let req = InboundRequest { from, payload: Bytes::from(request.payload), reply };
-        match self.inbound_tx.try_send(req) {
-            Ok(()) => {
-                let max = self.config.max_message_size;
-                self.pending_replies.push(
-                    async move {
-                        let response = match rx.await {
-                            Ok(Ok(b)) if b.len() > max => WireResponse::Err(format!(
-                                "reply of {} bytes exceeds {max}",
-                                b.len()
-                            )),
-                            Ok(Ok(b)) => WireResponse::Ok(b.to_vec()),
-                            Ok(Err(message)) => WireResponse::Err(message),
-                            Err(_) => WireResponse::Err(DROPPED_REPLY.into()),
-                        };
-                        (channel, response)
-                    }
-                    .boxed(),
-                );
-            }
-            Err(mpsc::error::TrySendError::Full(req)) => {
-                tracing::warn!(from = %req.from, "inbound request queue full; refusing request");
-                let _ = rpc.send_response(channel, WireResponse::Err("receiver overloaded".into()));
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                let _ = rpc.send_response(channel, WireResponse::Err("node not serving".into()));
-            }
         }
     }
 
@@ -1015,6 +911,16 @@ impl Task {
             }
         }
     }
+}
+
+/// The IP address in a multiaddr, if any.
+fn ip_of_multiaddr(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(a) => Some(std::net::IpAddr::V4(a)),
+        Protocol::Ip6(a) => Some(std::net::IpAddr::V6(a)),
+        _ => None,
+    })
 }
 
 /// Logs a failed connection. Plain refusals (nobody listening: a node that is down) are

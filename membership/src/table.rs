@@ -88,6 +88,9 @@ pub struct Announcement {
     pub http_addr: String,
     /// Software version of the member.
     pub version: String,
+    /// TCP port of the member's data plane ([`crate::wire`]); 0 if it announced none.
+    #[serde(default)]
+    pub data_port: u16,
 }
 
 /// One member as shown in the [`MemberView`].

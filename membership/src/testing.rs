@@ -134,6 +134,7 @@ impl NetState {
                             addresses: vec![format!("/memory/{other}")],
                             http_addr: String::new(),
                             version: env!("CARGO_PKG_VERSION").to_owned(),
+                            data_port: 0,
                         },
                         status,
                         phi: if status == MemberStatus::Up { 0.0 } else { crate::phi::PHI_MAX },

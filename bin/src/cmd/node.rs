@@ -45,6 +45,11 @@ pub struct Args {
     /// libp2p listen multiaddr for node-to-node traffic [default: /ip4/127.0.0.1/tcp/7000].
     #[arg(long, env = "CAIRN_P2P")]
     pub p2p: Option<String>,
+    /// Listen address of the data plane (replication requests between nodes: TCP, Noise-encrypted,
+    /// the cluster secret required) [default: the --p2p IP and a free port, announced by gossip;
+    /// set a fixed port where a firewall must let it through].
+    #[arg(long, env = "CAIRN_DATA")]
+    pub data: Option<SocketAddr>,
     /// Multiaddr of another node to dial (repeatable; comma-separated in the environment).
     #[arg(long, env = "CAIRN_BOOTSTRAP", value_delimiter = ',')]
     pub bootstrap: Vec<String>,
@@ -98,6 +103,7 @@ struct FileSettings {
     data_dir: Option<PathBuf>,
     http: Option<SocketAddr>,
     p2p: Option<String>,
+    data: Option<SocketAddr>,
     bootstrap: Option<Vec<String>>,
     members: Option<Vec<String>>,
     secret_file: Option<PathBuf>,
@@ -137,6 +143,7 @@ pub struct NodeConfig {
     data_dir: PathBuf,
     http: SocketAddr,
     p2p: Multiaddr,
+    data: Option<SocketAddr>,
     bootstrap: Vec<Multiaddr>,
     members: Vec<NodeId>,
     secret: ClusterSecret,
@@ -176,6 +183,7 @@ impl NodeConfig {
             pick(args.http, file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
         let p2p = pick(args.p2p, file.p2p).unwrap_or_else(|| "/ip4/127.0.0.1/tcp/7000".into());
         let p2p: Multiaddr = p2p.parse().map_err(|e| bad(format!("--p2p {p2p:?}: {e}")))?;
+        let data = pick(args.data, file.data);
         let bootstrap_raw = if args.bootstrap.is_empty() {
             file.bootstrap.unwrap_or_default()
         } else {
@@ -273,6 +281,7 @@ impl NodeConfig {
             data_dir,
             http,
             p2p,
+            data,
             bootstrap,
             members,
             secret,
@@ -331,6 +340,7 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
     let mut mcfg =
         MembershipConfig::new(cfg.id.to_string(), &cfg.data_dir, cfg.p2p.clone(), cfg.secret);
     mcfg.bootstrap = cfg.bootstrap.clone();
+    mcfg.data_listen = cfg.data;
     mcfg.http_addr = cfg.http.to_string();
     mcfg.heartbeat_interval = cfg.heartbeat;
     mcfg.phi_threshold = cfg.phi_threshold;
@@ -379,6 +389,7 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
         actor = %node.actor,
         http = %cfg.http,
         p2p = ?p2p_addrs,
+        data_port = membership.data_port(),
         members = ?cfg.members.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
         n = cfg.n, r = cfg.r, w = cfg.w,
         sync = ?cfg.sync,
