@@ -323,6 +323,11 @@ def ms(x):
     return f"{x:.2f}" if x < 10 else f"{x:.1f}"
 
 
+def vs(x, base):
+    """Ratio of a median to its baseline's, as shown in the table."""
+    return f"{x / base:.2f}×" if base else ""
+
+
 def render(results, facts, args):
     out = []
     out.append("## Cluster (scripts/bench.sh)\n")
@@ -339,13 +344,18 @@ def render(results, facts, args):
                f"connection per client, clients spread over every node) shares the 2 cores "
                f"with the nodes.")
     out.append("")
+    base_label = facts.get("baseline")
     out.append("| setup | workload | c | ops/s median (min-max) | MB/s | p50 ms | p99 ms | "
-               "CPU µs/op | % of ceiling | errors |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|")
+               "CPU µs/op | % of ceiling | errors |" + (" vs baseline |" if base_label else ""))
+    out.append("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if base_label else ""))
     ceiling = {}
+    baseline = {}
     for row in results["points"]:
         if row["setup"] == "ceiling":
             ceiling[(row["workload"], row["c"])] = row["s"]["median"]
+        if base_label and row["setup"].endswith(f" ({base_label})"):
+            plain = row["setup"][: -len(f" ({base_label})")]
+            baseline[(plain, row["workload"], row["c"])] = row["s"]["median"]
     for row in results["points"]:
         s = row["s"]
         key = ("get 4 KiB" if row["workload"].startswith("get") else "put 4 KiB", row["c"])
@@ -356,7 +366,14 @@ def render(results, facts, args):
         cpu = f"{s['cpu_us']:.0f}" if s["cpu_us"] is not None else ""
         out.append(f"| {row['setup']} | {row['workload']} | {row['c']} | {fmt_ops(s['median'])} "
                    f"({fmt_ops(s['min'])}-{fmt_ops(s['max'])}) | {s['mb_per_s']:.1f} | "
-                   f"{ms(s['p50'])} | {ms(s['p99'])} | {cpu} | {pct} | {s['errors']} |")
+                   f"{ms(s['p50'])} | {ms(s['p99'])} | {cpu} | {pct} | {s['errors']} |"
+                   + (f" {vs(s['median'], baseline.get((row['setup'], row['workload'], row['c'])))} |"
+                      if base_label else ""))
+    if base_label:
+        out.append("")
+        out.append(f"Rows marked ({base_label}) ran the same setup on the baseline binary right "
+                   f"after the row above them, in the same run; \"vs baseline\" is the ratio of "
+                   f"the medians (above 1 = faster than the baseline).")
     out.append("")
     out.append("Percent of ceiling: the trivial server's median for the same request type "
                "(get or put) and concurrency; 1 MiB points are compared with a 4 KiB ceiling "
@@ -518,6 +535,11 @@ def main():
     ap.add_argument("--object-size", default="100")
     ap.add_argument("--port-base", type=int, default=18081)
     ap.add_argument("--p2p-base", type=int, default=17081)
+    ap.add_argument("--baseline", default=None, metavar="BIN",
+                    help="also run every Cairn setup with this other cairn binary (e.g. a build "
+                         "of an earlier commit), right after the same setup, and report ratios")
+    ap.add_argument("--baseline-label", default="baseline",
+                    help="how the report names the baseline binary (e.g. its commit)")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the section from <workdir>/results.json without measuring")
     args = ap.parse_args()
@@ -562,6 +584,26 @@ def main():
             plan.append((f"4 nodes, sync {sync}", lambda sync=sync: start_cluster(
                 cairn, f"4 nodes, sync {sync}", os.path.join(args.workdir, f"c-{sync}"), 4, 3, 2,
                 2, sync, args.port_base, args.p2p_base)))
+    if args.baseline:
+        # Each Cairn setup is followed by the same setup on the baseline binary, so the two
+        # are measured minutes apart on the same machine; the generator is the same binary.
+        base = os.path.abspath(args.baseline)
+        with_base = []
+        for label, start in plan:
+            with_base.append((label, start))
+            if label == "1 node":
+                with_base.append((f"1 node ({args.baseline_label})", lambda: start_cluster(
+                    base, "1 node", os.path.join(args.workdir, "single-base"), 1, 1, 1, 1,
+                    "always", args.port_base + 10, args.p2p_base + 10)))
+            elif label.startswith("4 nodes, sync "):
+                sync = label.rsplit(" ", 1)[1]
+                with_base.append((f"{label} ({args.baseline_label})",
+                                  lambda sync=sync: start_cluster(
+                                      base, f"4 nodes, sync {sync}",
+                                      os.path.join(args.workdir, f"c-{sync}-base"), 4, 3, 2, 2,
+                                      sync, args.port_base, args.p2p_base)))
+        plan = with_base
+        facts["baseline"] = args.baseline_label
 
     points, setups = [], []
     for label, start in plan:

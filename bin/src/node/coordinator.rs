@@ -565,10 +565,7 @@ impl<T: Transport> Node<T> {
         local: bool,
     ) -> Result<ReadOutcome, NodeError> {
         if local {
-            let owners = self.member_names();
-            let k = key.clone();
-            let set = self.store.blocking(move |s| s.read(&k, &owners)).await?;
-            let mut set = set.unwrap_or_default();
+            let mut set = self.store.read(&key, &self.member_names())?.unwrap_or_default();
             if lww {
                 set.resolve_lww();
             }
@@ -667,8 +664,8 @@ impl<T: Transport> Node<T> {
         key: ObjectKey,
     ) -> Result<Option<SiblingSet>, NodeError> {
         if node == self.id() {
-            let owners = self.member_names();
-            return self.store.blocking(move |s| s.read(&key, &owners)).await;
+            // Inline, not on the blocking pool: see `Store::read`.
+            return self.store.read(&key, &self.member_names());
         }
         match self.rpc(node, &Request::Read { key }).await? {
             Response::Set { set } => Ok(set),

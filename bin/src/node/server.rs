@@ -66,8 +66,8 @@ impl<T: Transport> Node<T> {
                 }
             }
             Request::Read { key } => {
-                let owners = self.member_names();
-                let set = self.store.blocking(move |s| s.read(&key, &owners)).await?;
+                // Inline, not on the blocking pool: see `Store::read`.
+                let set = self.store.read(&key, &self.member_names())?;
                 Ok(Response::Set { set })
             }
             Request::Coordinate(w) => {

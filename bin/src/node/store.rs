@@ -162,6 +162,12 @@ impl Store {
 
     /// What this node holds for `key`: its replica merged with every hint it holds for the key
     /// (a read during an outage sees data held by fallbacks). `owners` are the ring members.
+    ///
+    /// Callers on the async runtime call this directly rather than through [`Store::blocking`]:
+    /// a read is keydir lookups under a read lock and copies out of the mapped segments, and
+    /// never waits for an fdatasync (the group-commit leader syncs outside every lock readers
+    /// take). The hand-off to the blocking pool and back cost more than the read (issue 7,
+    /// `docs/benchmarks.md`); what remains is a page fault on data not in the page cache.
     pub fn read(
         &self,
         key: &ObjectKey,
