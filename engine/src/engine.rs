@@ -111,6 +111,12 @@ pub enum Update {
     Keep,
 }
 
+/// A write appended but perhaps not yet durable: its end in the log (0 = nothing was written).
+/// Pass it to [`Engine::wait_durable`]. Several can be combined with [`Pending::max`]: the log is
+/// one sequence, so waiting for the latest covers the earlier ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Pending(u64);
+
 /// What `update` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpdateOutcome<E> {
@@ -554,26 +560,51 @@ impl Engine {
     where
         F: FnOnce(Option<&[u8]>) -> std::result::Result<Update, E>,
     {
-        check_key(key)?;
-        let (lsn, outcome) = {
-            let _stripe = self.inner.stripe(ks, key).lock();
-            let current = self.inner.get(ks, key)?;
-            match f(current.as_deref()) {
-                Err(e) => return Ok(UpdateOutcome::Aborted(e)),
-                Ok(Update::Keep) => return Ok(UpdateOutcome::Unchanged),
-                Ok(Update::Delete) if current.is_none() => return Ok(UpdateOutcome::Unchanged),
-                Ok(Update::Delete) => (
-                    self.inner.append(ks, key, RecordKind::Tombstone, &[])?,
-                    UpdateOutcome::Deleted,
-                ),
-                Ok(Update::Put(v)) => {
-                    self.inner.check_value(&v)?;
-                    (self.inner.append(ks, key, RecordKind::Put, &v)?, UpdateOutcome::Stored)
-                }
-            }
-        };
-        self.inner.durable(lsn)?;
+        let (outcome, pending) = self.update_deferred(ks, key, f)?;
+        self.wait_durable(pending)?;
         Ok(outcome)
+    }
+
+    /// [`Engine::update`] without the durability wait: the record is appended and visible to
+    /// readers, and the returned [`Pending`] is waited on with [`Engine::wait_durable`] before the
+    /// write may be acknowledged as durable. Lets a caller overlap the fdatasync with other work
+    /// (the node sends the write to the other replicas meanwhile). If the process dies before
+    /// the wait, the write may be lost, exactly as if it had never been acknowledged.
+    pub fn update_deferred<F, E>(
+        &self,
+        ks: Keyspace,
+        key: &[u8],
+        f: F,
+    ) -> Result<(UpdateOutcome<E>, Pending)>
+    where
+        F: FnOnce(Option<&[u8]>) -> std::result::Result<Update, E>,
+    {
+        check_key(key)?;
+        let _stripe = self.inner.stripe(ks, key).lock();
+        let current = self.inner.get(ks, key)?;
+        let nothing = Pending(0);
+        Ok(match f(current.as_deref()) {
+            Err(e) => (UpdateOutcome::Aborted(e), nothing),
+            Ok(Update::Keep) => (UpdateOutcome::Unchanged, nothing),
+            Ok(Update::Delete) if current.is_none() => (UpdateOutcome::Unchanged, nothing),
+            Ok(Update::Delete) => (
+                UpdateOutcome::Deleted,
+                Pending(self.inner.append(ks, key, RecordKind::Tombstone, &[])?),
+            ),
+            Ok(Update::Put(v)) => {
+                self.inner.check_value(&v)?;
+                (UpdateOutcome::Stored, Pending(self.inner.append(ks, key, RecordKind::Put, &v)?))
+            }
+        })
+    }
+
+    /// Waits until the write behind `pending` (and every earlier one) is durable per the sync
+    /// policy: one group-commit fdatasync under `SyncPolicy::Always`, nothing otherwise.
+    pub fn wait_durable(&self, pending: Pending) -> Result<()> {
+        if pending.0 == 0 {
+            return Ok(());
+        }
+        self.inner.durable(pending.0)
     }
 
     /// Keys with `prefix` in order, with their values, starting after `start_after` (a cursor from a

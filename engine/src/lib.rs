@@ -63,8 +63,8 @@ pub use compaction::{
     PROGRESS_EVERY, SWITCH_BATCH,
 };
 pub use engine::{
-    Engine, KEYDIR_BULK_ENTRY_ESTIMATE, KEYDIR_ENTRY_ESTIMATE, LOCK_STRIPES, Stats, Update,
-    UpdateOutcome, Value,
+    Engine, KEYDIR_BULK_ENTRY_ESTIMATE, KEYDIR_ENTRY_ESTIMATE, LOCK_STRIPES, Pending, Stats,
+    Update, UpdateOutcome, Value,
 };
 pub use error::{Error, Result};
 pub use hint::{COMMIT_MAGIC, CONTAINER_HEADER_LEN, CONTAINER_VERSION, HINT_MAGIC, HintEntry};

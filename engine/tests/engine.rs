@@ -175,6 +175,32 @@ fn concurrent_updates_lose_nothing() {
 /// With `Always`, concurrent writers all get durable acknowledgements, and no write needs its own
 /// fdatasync more than once (syncs never exceed writes).
 #[test]
+fn a_deferred_update_is_visible_at_once_and_durable_after_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(Options::default().sync, SyncPolicy::Always);
+    let before = e.stats().syncs;
+    let (outcome, pending) = e
+        .update_deferred(Keyspace::Object, b"k", |_| Ok::<_, ()>(Update::Put(b"v1".to_vec())))
+        .unwrap();
+    assert_eq!(outcome, UpdateOutcome::Stored);
+    assert_eq!(e.get(Keyspace::Object, b"k").unwrap().unwrap().as_ref(), b"v1", "readable");
+    assert_eq!(e.stats().syncs, before, "no fdatasync before the wait");
+    let (_, second) = e
+        .update_deferred(Keyspace::Object, b"j", |_| Ok::<_, ()>(Update::Put(b"v2".to_vec())))
+        .unwrap();
+    e.wait_durable(pending.max(second)).unwrap();
+    assert_eq!(e.stats().syncs, before + 1, "one fdatasync covers both");
+    e.wait_durable(pending).unwrap();
+    assert_eq!(e.stats().syncs, before + 1, "an earlier write is already covered");
+    let (outcome, nothing) =
+        e.update_deferred(Keyspace::Object, b"k", |_| Ok::<_, ()>(Update::Keep)).unwrap();
+    assert_eq!(outcome, UpdateOutcome::Unchanged);
+    e.wait_durable(nothing).unwrap();
+    assert_eq!(e.stats().syncs, before + 1, "nothing written, nothing to sync");
+}
+
+#[test]
 fn group_commit_acknowledges_every_writer() {
     let dir = tempfile::tempdir().unwrap();
     let e = Arc::new(Engine::open(dir.path(), Options::default()).unwrap());

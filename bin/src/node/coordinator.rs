@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use cairn_membership::Transport;
 use cairn_replication::quorum::{ReadReport, Target, WriteReport, coordinator_for};
 use cairn_replication::{
@@ -82,6 +83,11 @@ impl<T: Transport> Node<T> {
     pub async fn rpc(&self, to: &NodeId, req: &Request) -> Result<Response, NodeError> {
         let payload =
             messages::encode(req).map_err(|e| NodeError::Internal(format!("encoding: {e}")))?;
+        self.rpc_encoded(to, payload).await
+    }
+
+    /// [`Node::rpc`] with the request already encoded.
+    pub async fn rpc_encoded(&self, to: &NodeId, payload: Bytes) -> Result<Response, NodeError> {
         let call = self.transport.request(to.as_str(), payload);
         let bytes = match tokio::time::timeout(self.settings.request_timeout, call).await {
             Ok(Ok(b)) => b,
@@ -407,11 +413,11 @@ impl<T: Transport> Node<T> {
             .cloned()
             .collect();
         let uncovered_names: Vec<String> = uncovered.iter().map(|o| o.to_string()).collect();
-        let (set, dot, hint_vv, uncovered_vv) = self
+        let (set, dot, hint_vv, uncovered_vv, pending) = self
             .store
             .blocking(move |s| {
                 let mut dot = None;
-                let set = s.coordinate(&key, |set| {
+                let (set, mut pending) = s.coordinate(&key, |set| {
                     let ctx =
                         if overwrite || lww { set.join() } else { context.unwrap_or_default() };
                     dot = Some(set.update_limited(&ctx, value, &actor, max)?);
@@ -426,15 +432,21 @@ impl<T: Transport> Node<T> {
                     Ok(())
                 })?;
                 let hint_vv = match &hint_owner {
-                    Some(owner) => Some(s.store_hint(owner, &key, &set)?),
+                    Some(owner) => {
+                        let (vv, p) = s.store_hint_deferred(owner, &key, &set)?;
+                        pending = pending.max(p);
+                        Some(vv)
+                    }
                     None => None,
                 };
                 let mut uncovered_vv = Vec::new();
                 for owner in &uncovered_names {
-                    uncovered_vv.push(s.store_hint(owner, &key, &set)?);
+                    let (vv, p) = s.store_hint_deferred(owner, &key, &set)?;
+                    pending = pending.max(p);
+                    uncovered_vv.push(vv);
                 }
                 let dot = dot.ok_or_else(|| NodeError::Internal("no dot created".into()))?;
-                Ok((set, dot, hint_vv, uncovered_vv))
+                Ok((set, dot, hint_vv, uncovered_vv, pending))
             })
             .await?;
         if let (Some(owner), Some(vv)) = (local_hint, hint_vv) {
@@ -446,21 +458,48 @@ impl<T: Transport> Node<T> {
             Metrics::inc(&self.metrics.hints_stored);
         }
         let context = set.join();
-        wc.on_ack(self.id(), context.clone());
 
-        // 2. Fan out to the other targets.
+        // 2. Fan out to the other targets while the local write becomes durable: the local
+        //    acknowledgement joins the others only after the fdatasync (group commit), so a
+        //    write is acknowledged to the client only once W copies are durable, but the client
+        //    no longer waits for the local sync and the remote ones one after the other.
+        //    Targets with the same `hint_for` (usually all: none) share one encoded message.
         let (tx, mut rx) = mpsc::channel(targets.len().max(1));
+        {
+            let store = self.store.clone();
+            let tx = tx.clone();
+            let me = self.id().clone();
+            let vv = context.clone();
+            tokio::spawn(async move {
+                let r = store
+                    .blocking(move |s| s.wait_durable(pending))
+                    .await
+                    .map(|()| Response::Ack { vv });
+                let _ = tx.send((me, r)).await;
+            });
+        }
+        let mut encoded: Vec<(Option<String>, Bytes)> = Vec::new();
         for t in targets.iter().filter(|t| &t.node != self.id()) {
+            let hint_for = t.hint_for.as_ref().map(|o| o.to_string());
+            let payload = match encoded.iter().find(|(h, _)| *h == hint_for) {
+                Some((_, b)) => b.clone(),
+                None => {
+                    let msg = Request::Replicate {
+                        key: req.key.clone(),
+                        set: set.clone(),
+                        hint_for: hint_for.clone(),
+                    };
+                    let b = messages::encode(&msg)
+                        .map_err(|e| NodeError::Internal(format!("encoding: {e}")))?;
+                    encoded.push((hint_for, b.clone()));
+                    b
+                }
+            };
             let node = Arc::clone(self);
             let tx = tx.clone();
             let t = t.clone();
-            let msg = Request::Replicate {
-                key: req.key.clone(),
-                set: set.clone(),
-                hint_for: t.hint_for.as_ref().map(|o| o.to_string()),
-            };
             tokio::spawn(async move {
-                let r = node.rpc(&t.node, &msg).await;
+                let r = node.rpc_encoded(&t.node, payload).await;
                 let _ = tx.send((t.node, r)).await;
             });
         }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use cairn_engine::{Engine, Keyspace, Update, UpdateOutcome};
+use cairn_engine::{Engine, Keyspace, Pending, Update, UpdateOutcome};
 use cairn_replication::{Sibling, SiblingSet, VersionVector};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -46,8 +46,23 @@ fn merge_into<V>(
 where
     V: Serialize + DeserializeOwned + Clone + PartialEq,
 {
+    let (set, pending) = merge_into_deferred(engine, ks, key, incoming)?;
+    engine.wait_durable(pending)?;
+    Ok(set)
+}
+
+/// [`merge_into`] without the durability wait (see [`Engine::update_deferred`]).
+fn merge_into_deferred<V>(
+    engine: &Engine,
+    ks: Keyspace,
+    key: &[u8],
+    incoming: &SiblingSet<V>,
+) -> Result<(SiblingSet<V>, Pending), NodeError>
+where
+    V: Serialize + DeserializeOwned + Clone + PartialEq,
+{
     let mut merged = None;
-    let outcome = engine.update(ks, key, |old| {
+    let (outcome, pending) = engine.update_deferred(ks, key, |old| {
         let mut set = match old {
             Some(bytes) => decode_set::<V>(bytes)?,
             None => SiblingSet::new(),
@@ -65,10 +80,12 @@ where
     if let UpdateOutcome::Aborted(e) = outcome {
         return Err(e);
     }
-    merged.ok_or_else(|| NodeError::Internal("merge closure did not run".into()))
+    let set = merged.ok_or_else(|| NodeError::Internal("merge closure did not run".into()))?;
+    Ok((set, pending))
 }
 
-/// Applies `f` to the set stored under (`ks`, `key`) atomically and stores the result.
+/// Applies `f` to the set stored under (`ks`, `key`) and stores the result; returns it once
+/// durable.
 fn update_set<V>(
     engine: &Engine,
     ks: Keyspace,
@@ -78,8 +95,23 @@ fn update_set<V>(
 where
     V: Serialize + DeserializeOwned + Clone,
 {
+    let (set, pending) = update_set_deferred(engine, ks, key, f)?;
+    engine.wait_durable(pending)?;
+    Ok(set)
+}
+
+/// [`update_set`] without the durability wait (see [`Engine::update_deferred`]).
+fn update_set_deferred<V>(
+    engine: &Engine,
+    ks: Keyspace,
+    key: &[u8],
+    f: impl FnOnce(&mut SiblingSet<V>) -> Result<(), NodeError>,
+) -> Result<(SiblingSet<V>, Pending), NodeError>
+where
+    V: Serialize + DeserializeOwned + Clone,
+{
     let mut result = None;
-    let outcome = engine.update(ks, key, |old| {
+    let (outcome, pending) = engine.update_deferred(ks, key, |old| {
         let mut set = match old {
             Some(bytes) => decode_set(bytes)?,
             None => SiblingSet::new(),
@@ -92,7 +124,8 @@ where
     if let UpdateOutcome::Aborted(e) = outcome {
         return Err(e);
     }
-    result.ok_or_else(|| NodeError::Internal("update closure did not run".into()))
+    let set = result.ok_or_else(|| NodeError::Internal("update closure did not run".into()))?;
+    Ok((set, pending))
 }
 
 /// The set stored under (`ks`, `key`), if any.
@@ -131,12 +164,35 @@ impl Store {
 
     /// The coordinator's step of a write: applies `f` (a DVV update by this node's actor) to the
     /// stored set atomically and returns the new set.
+    ///
+    /// The new set is in the engine and visible to readers when this returns, but not yet
+    /// durable: the coordinator sends it to the other replicas while [`Store::wait_durable`]
+    /// runs, and counts its own acknowledgement only after that. A crash in between loses the
+    /// write here before any client saw it acknowledged by this node; the dot it used is never
+    /// reused, because every unclean stop starts a new actor epoch.
     pub fn coordinate(
         &self,
         key: &ObjectKey,
         f: impl FnOnce(&mut SiblingSet) -> Result<(), NodeError>,
-    ) -> Result<SiblingSet, NodeError> {
-        update_set(&self.engine, Keyspace::Object, &key.encode(), f)
+    ) -> Result<(SiblingSet, Pending), NodeError> {
+        update_set_deferred(&self.engine, Keyspace::Object, &key.encode(), f)
+    }
+
+    /// Waits until a deferred write is durable per the sync policy.
+    pub fn wait_durable(&self, pending: Pending) -> Result<(), NodeError> {
+        Ok(self.engine.wait_durable(pending)?)
+    }
+
+    /// [`Store::store_hint`] without the durability wait.
+    pub fn store_hint_deferred(
+        &self,
+        owner: &str,
+        key: &ObjectKey,
+        set: &SiblingSet,
+    ) -> Result<(VersionVector, Pending), NodeError> {
+        let hk = HintKey::Object(key.clone()).encode(owner);
+        let (set, pending) = merge_into_deferred(&self.engine, Keyspace::Hint, &hk, set)?;
+        Ok((set.join(), pending))
     }
 
     /// Merges a set into this node's replica of `key`; returns the replica's version vector.
