@@ -17,10 +17,11 @@ VOLUME ["/data"]
 ENV CAIRN_DATA_DIR=/data \
     CAIRN_HTTP=0.0.0.0:8080 \
     CAIRN_P2P=/ip4/0.0.0.0/tcp/7000 \
+    CAIRN_DATA=0.0.0.0:7001 \
     CAIRN_LOG_FORMAT=json
 
 # 8080: REST API; 7000: node-to-node (libp2p, TCP).
-EXPOSE 8080 7000
+EXPOSE 8080 7000 7001
 
 HEALTHCHECK --interval=5s --timeout=5s --start-period=15s --retries=3 \
     CMD ["/cairn", "healthcheck", "--quiet"]
