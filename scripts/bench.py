@@ -97,6 +97,21 @@ def http_json(url, timeout=2.0):
         return json.loads(r.read())
 
 
+def node_counters(endpoint):
+    """Hints stored and read repairs sent by a node (from its /metrics), to account for bytes on
+    disk beyond the client's writes."""
+    out = {}
+    try:
+        with urllib.request.urlopen(endpoint + "/metrics", timeout=2.0) as r:
+            for line in r.read().decode().splitlines():
+                for name in ("cairn_hints_stored_total", "cairn_read_repairs_total"):
+                    if line.startswith(name + " "):
+                        out[name] = int(float(line.split()[1]))
+    except (OSError, ValueError):
+        pass
+    return out
+
+
 def wait_until(pred, what, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -288,6 +303,20 @@ def machine():
             "kernel": os.uname().release, "load": os.getloadavg()}
 
 
+def settle(limit_s=60.0):
+    """Flushes dirty pages before a setup starts, so that one setup's writeback does not slow
+    the next (which would bias any comparison towards whichever setup runs first). Bounded."""
+    t0 = time.monotonic()
+    os.sync()
+    while time.monotonic() - t0 < limit_s:
+        with open("/proc/meminfo") as f:
+            dirty_kb = next((int(l.split()[1]) for l in f if l.startswith("Dirty:")), 0)
+        if dirty_kb < 16 * 1024:
+            break
+        time.sleep(0.5)
+    return time.monotonic() - t0
+
+
 def disk_bandwidth(dirpath, mib=256):
     """Sequential write then read of `mib` MiB, 1 MiB blocks; write timed up to fdatasync, read
     after posix_fadvise(DONTNEED) so it comes from the disk where the kernel allows."""
@@ -380,14 +409,15 @@ def render(results, facts, args):
                "and so read low by construction (their bound is the disk and memory copies).")
     out.append("")
     out.append("| setup | node | peak RSS MiB | engine bytes on disk | client bytes written | "
-               "disk / written |")
-    out.append("|---|---|---|---|---|---|")
+               "disk / written | hints stored | read repairs |")
+    out.append("|---|---|---|---|---|---|---|---|")
     for s in results["setups"]:
         for node in s["nodes"]:
             ratio = (f"{node['disk'] / s['written']:.2f}" if s["written"] else "")
             out.append(f"| {s['label']} | {node['name']} | {node['hwm_kb'] / 1024:.0f} | "
                        f"{node['disk'] / 2**20:.0f} MiB | {s['written'] / 2**20:.0f} MiB | "
-                       f"{ratio} |")
+                       f"{ratio} | {node.get('counters', {}).get('cairn_hints_stored_total', '')} | "
+                       f"{node.get('counters', {}).get('cairn_read_repairs_total', '')} |")
     out.append("")
     out.append("Written bytes count each acknowledged put once (the client's view); with N=3 "
                "every node stores about 3/4 of the data, so disk/written near 0.75 per node "
@@ -607,7 +637,8 @@ def main():
 
     points, setups = [], []
     for label, start in plan:
-        log(f"starting {label}")
+        waited = settle()
+        log(f"starting {label} (dirty pages flushed in {waited:.1f} s)")
         setup = start()
         written = 0
         try:
@@ -627,9 +658,12 @@ def main():
                     written += share * size * sum(
                         r["ops_ok"] + r["ops_per_s"] * args.warmup for r in runs)
             nodes = []
-            for p, d in zip(setup.procs, setup.data_dirs + [None] * len(setup.procs)):
+            eps = setup.endpoints if label != "ceiling" else []
+            for i, (p, d) in enumerate(zip(setup.procs,
+                                           setup.data_dirs + [None] * len(setup.procs))):
                 nodes.append({"name": p.name, "hwm_kb": p.status_kb("VmHWM"),
-                              "disk": dir_bytes(d) if d else 0})
+                              "disk": dir_bytes(d) if d else 0,
+                              "counters": node_counters(eps[i]) if i < len(eps) else {}})
             setups.append({"label": label, "nodes": nodes, "written": written})
         finally:
             setup.stop()

@@ -598,6 +598,14 @@ impl Engine {
         })
     }
 
+    /// Whether the write behind `pending` needs no wait: nothing was written, the sync policy
+    /// does not wait for fdatasync, or a group commit already covered it.
+    pub fn is_durable(&self, pending: Pending) -> bool {
+        pending.0 == 0
+            || !matches!(self.inner.opts.sync, SyncPolicy::Always)
+            || self.inner.sync_state.lock().synced_lsn >= pending.0
+    }
+
     /// Waits until the write behind `pending` (and every earlier one) is durable per the sync
     /// policy: one group-commit fdatasync under `SyncPolicy::Always`, nothing otherwise.
     pub fn wait_durable(&self, pending: Pending) -> Result<()> {

@@ -413,9 +413,11 @@ impl<T: Transport> Node<T> {
             .cloned()
             .collect();
         let uncovered_names: Vec<String> = uncovered.iter().map(|o| o.to_string()).collect();
-        let (set, dot, hint_vv, uncovered_vv, pending) = self
-            .store
-            .blocking(move |s| {
+        // Inline: appends into the page cache, no fdatasync (that is waited for below, on the
+        // blocking pool, while the other replicas are asked).
+        let (set, dot, hint_vv, uncovered_vv, pending) = {
+            let s = &self.store;
+            (|| {
                 let mut dot = None;
                 let (set, mut pending) = s.coordinate(&key, |set| {
                     let ctx =
@@ -446,9 +448,9 @@ impl<T: Transport> Node<T> {
                     uncovered_vv.push(vv);
                 }
                 let dot = dot.ok_or_else(|| NodeError::Internal("no dot created".into()))?;
-                Ok((set, dot, hint_vv, uncovered_vv, pending))
-            })
-            .await?;
+                Ok::<_, NodeError>((set, dot, hint_vv, uncovered_vv, pending))
+            })()?
+        };
         if let (Some(owner), Some(vv)) = (local_hint, hint_vv) {
             self.hints.lock().record(HintKey::Object(req.key.clone()), owner, &vv);
             Metrics::inc(&self.metrics.hints_stored);
@@ -471,10 +473,7 @@ impl<T: Transport> Node<T> {
             let me = self.id().clone();
             let vv = context.clone();
             tokio::spawn(async move {
-                let r = store
-                    .blocking(move |s| s.wait_durable(pending))
-                    .await
-                    .map(|()| Response::Ack { vv });
+                let r = store.durable(pending).await.map(|()| Response::Ack { vv });
                 let _ = tx.send((me, r)).await;
             });
         }

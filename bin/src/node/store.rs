@@ -183,6 +183,27 @@ impl Store {
         Ok(self.engine.wait_durable(pending)?)
     }
 
+    /// [`Store::wait_durable`] for async callers: on the blocking pool when an fdatasync must
+    /// be waited for, at once when none is needed (`--sync never`/`interval`, or a group commit
+    /// already covered the write).
+    pub async fn durable(&self, pending: Pending) -> Result<(), NodeError> {
+        if self.engine.is_durable(pending) {
+            return Ok(());
+        }
+        self.blocking(move |s| s.wait_durable(pending)).await
+    }
+
+    /// [`Store::apply`] without the durability wait.
+    pub fn apply_deferred(
+        &self,
+        key: &ObjectKey,
+        set: &SiblingSet,
+    ) -> Result<(VersionVector, Pending), NodeError> {
+        let (set, pending) =
+            merge_into_deferred(&self.engine, Keyspace::Object, &key.encode(), set)?;
+        Ok((set.join(), pending))
+    }
+
     /// [`Store::store_hint`] without the durability wait.
     pub fn store_hint_deferred(
         &self,
