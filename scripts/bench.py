@@ -544,6 +544,8 @@ def memory_check(cairn, args, workdir):
                 "errors": res["errors"]}
     finally:
         s.stop()
+        for d in s.data_dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def main():
@@ -667,6 +669,9 @@ def main():
             setups.append({"label": label, "nodes": nodes, "written": written})
         finally:
             setup.stop()
+            # A full run writes tens of GB; each setup's data goes once it is measured.
+            for d in setup.data_dirs:
+                shutil.rmtree(d, ignore_errors=True)
 
     memory = None
     if args.objects > 0:

@@ -16,7 +16,7 @@ mod progress;
 
 /// mimalloc instead of glibc malloc: perf of a 4-node cluster under 4 KiB puts put ~16% of all CPU
 /// in glibc's malloc/free (arena locks, consolidation) across the runtime and blocking-pool
-/// threads; `docs/decisions.md` has the before/after.
+/// threads; `docs/decisions.md` has the before/after, and why v2 rather than v3.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
