@@ -582,7 +582,10 @@ impl Engine {
         check_key(key)?;
         let _stripe = self.inner.stripe(ks, key).lock();
         let current = self.inner.get(ks, key)?;
-        let nothing = Pending(0);
+        // Nothing is appended, but the value the caller saw may itself still wait for its
+        // fdatasync (appended by a writer that has not synced yet): waiting for the log's end
+        // covers it, so "unchanged" is never acknowledged as durable too early.
+        let nothing = Pending(self.inner.writer.lock().lsn);
         Ok(match f(current.as_deref()) {
             Err(e) => (UpdateOutcome::Aborted(e), nothing),
             Ok(Update::Keep) => (UpdateOutcome::Unchanged, nothing),

@@ -197,7 +197,17 @@ fn a_deferred_update_is_visible_at_once_and_durable_after_the_wait() {
         e.update_deferred(Keyspace::Object, b"k", |_| Ok::<_, ()>(Update::Keep)).unwrap();
     assert_eq!(outcome, UpdateOutcome::Unchanged);
     e.wait_durable(nothing).unwrap();
-    assert_eq!(e.stats().syncs, before + 1, "nothing written, nothing to sync");
+    assert_eq!(e.stats().syncs, before + 1, "nothing written and all synced: nothing to sync");
+    // An unchanged key whose last record is not synced yet waits for that record.
+    let (_, unsynced) = e
+        .update_deferred(Keyspace::Object, b"u", |_| Ok::<_, ()>(Update::Put(b"v3".to_vec())))
+        .unwrap();
+    let (outcome, keep) =
+        e.update_deferred(Keyspace::Object, b"u", |_| Ok::<_, ()>(Update::Keep)).unwrap();
+    assert_eq!(outcome, UpdateOutcome::Unchanged);
+    assert!(!e.is_durable(keep) && keep >= unsynced, "an unchanged key still waits");
+    e.wait_durable(keep).unwrap();
+    assert!(e.is_durable(unsynced));
 }
 
 #[test]

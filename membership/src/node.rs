@@ -762,7 +762,12 @@ impl Task {
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                if let Some(ip) = ip_of_multiaddr(endpoint.get_remote_address()) {
+                // A connection this node dialled reached the peer at a listen address of its:
+                // the data plane dials the same IP. (The source IP of a connection the peer
+                // dialled may be another interface of a multi-homed host: not used.)
+                if endpoint.is_dialer()
+                    && let Some(ip) = ip_of_multiaddr(endpoint.get_remote_address())
+                {
                     self.routes.write().insert(peer_id, ip);
                 }
                 if endpoint.is_dialer() {

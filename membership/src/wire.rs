@@ -14,8 +14,9 @@
 //!
 //! Every node listens on a TCP port of its own (the *data port*, `MembershipConfig::data_listen`,
 //! by default a free port on the libp2p listen address) and announces the port in its gossip
-//! heartbeats. A node that sends requests to a peer dials the IP address its libp2p connection to
-//! that peer uses (the one address known to reach it), at the announced port, and keeps the
+//! heartbeats. A node that sends requests to a peer dials the IP address at which it reached the
+//! peer over libp2p (or, if the peer dialled it, the first non-loopback address the peer
+//! announced), at the announced port, and keeps the
 //! connection for its own requests; the peer answers on the same connection, and uses a
 //! connection of its own for its requests. On a new connection:
 //!
@@ -95,8 +96,21 @@ pub const KIND_REQUEST: u8 = 1;
 pub const KIND_REPLY: u8 = 2;
 /// Frame kind: an error reply carrying a UTF-8 message.
 pub const KIND_ERROR: u8 = 3;
-/// Bound on TCP connect, magic exchange and Noise handshake of one connection.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on TCP connect, magic exchange and Noise handshake of one connection. Short, and shorter
+/// than the request timeout: a dial that fails is `NotDelivered`, which lets the caller try
+/// another node with the time that is left.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// TCP keepalive on data connections: probes after this much idleness, then every
+/// [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_RETRIES`] times, before the kernel declares the peer gone
+/// (a peer host that vanished without a reset is noticed within ~25 s even when idle).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_RETRIES: u32 = 3;
+/// Data written but unacknowledged by the peer's TCP for this long closes the connection
+/// (`TCP_USER_TIMEOUT`): a connection to a partitioned or stopped host fails instead of queueing.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long an accepted connection from a peer id not (yet) in the view waits for its first
 /// heartbeat before it is refused.
 pub const ADMISSION_WAIT: Duration = Duration::from_secs(2);
@@ -185,11 +199,16 @@ type NoiseIo = noise::Output<libp2p::tcp::tokio::TcpStream>;
 /// Writes queued frames, coalescing whatever is queued into one flush (Noise then encrypts and
 /// sends up to 64 KiB per TCP write). Ends on a write error, when every sender is gone, or at
 /// shutdown.
+///
+/// `wanted` filters frames at the moment they would be written: a request whose requester has
+/// given up (timed out) is dropped rather than sent late, so a queue that built up behind a
+/// stalled peer is not replayed to it when it resumes.
 async fn write_loop(
     mut w: WriteHalf<NoiseIo>,
     mut rx: mpsc::Receiver<Frame>,
     mut shutdown: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
+    wanted: impl Fn(&Frame) -> bool,
 ) -> io::Result<()> {
     loop {
         let first = tokio::select! {
@@ -200,9 +219,11 @@ async fn write_loop(
         let Some(mut frame) = first else { break };
         let mut batch = 0;
         loop {
-            w.write_all(&frame.header()).await?;
-            w.write_all(&frame.payload).await?;
-            batch += frame.payload.len() + 4 + HEADER_AFTER_LENGTH;
+            if wanted(&frame) {
+                w.write_all(&frame.header()).await?;
+                w.write_all(&frame.payload).await?;
+                batch += frame.payload.len() + 4 + HEADER_AFTER_LENGTH;
+            }
             if batch >= MAX_BATCH_BYTES {
                 break;
             }
@@ -254,6 +275,11 @@ impl Conn {
 
     fn is_open(&self) -> bool {
         !self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Whether a requester still waits for the reply to request `id`.
+    fn is_waiting(&self, id: u64) -> bool {
+        self.pending.lock().as_ref().is_some_and(|p| p.contains_key(&id))
     }
 }
 
@@ -466,7 +492,12 @@ impl DataPlane {
             .read()
             .get(&peer)
             .copied()
-            .or_else(|| addresses.iter().find_map(|a| ip_of(a)))
+            .or_else(|| {
+                // Not dialled over libp2p yet (the peer dialled this node): an announced address,
+                // a non-loopback one first (in a container, 127.0.0.1 is the container itself).
+                let ips: Vec<IpAddr> = addresses.iter().filter_map(|a| ip_of(a)).collect();
+                ips.iter().find(|ip| !ip.is_loopback()).or(ips.first()).copied()
+            })
             .ok_or_else(|| not_delivered("no address known"))?;
         Ok((SocketAddr::new(ip, port), peer))
     }
@@ -478,7 +509,7 @@ impl DataPlane {
         expected: PeerId,
     ) -> std::result::Result<Arc<Conn>, String> {
         let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
+        configure(&tcp);
         let mut io = libp2p::tcp::tokio::TcpStream(tcp);
         exchange_magic(&mut io).await.map_err(|e| format!("{addr}: {e}"))?;
         let noise = self.shared.noise().map_err(|e| format!("noise setup: {e}"))?;
@@ -505,7 +536,9 @@ impl DataPlane {
         let c = conn.clone();
         let writer_stop = stopped.clone();
         tokio::spawn(async move {
-            let reason = match write_loop(w, rx, shutdown, writer_stop).await {
+            let live = c.clone();
+            let wanted = move |f: &Frame| live.is_waiting(f.id);
+            let reason = match write_loop(w, rx, shutdown, writer_stop, wanted).await {
                 Ok(()) => "closed".to_owned(),
                 Err(e) => format!("write failed: {e}"),
             };
@@ -544,6 +577,23 @@ fn ip_of(addr: &str) -> Option<IpAddr> {
         Protocol::Ip6(a) if !a.is_unspecified() => Some(IpAddr::V6(a)),
         _ => None,
     })
+}
+
+/// Socket options of every data connection: no Nagle delay, keepalive, and a bound on how long
+/// written data may stay unacknowledged. Failures to set them are logged, not fatal.
+fn configure(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(e) = sock
+        .set_tcp_keepalive(&keepalive)
+        .and_then(|()| sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)))
+    {
+        tracing::debug!(error = %e, "data connection socket options not set");
+    }
 }
 
 /// Both sides write [`MAGIC`] and check the other's.
@@ -628,7 +678,7 @@ async fn serve_connection(
     from: SocketAddr,
     shared: Arc<Shared>,
 ) -> std::result::Result<(), String> {
-    let _ = tcp.set_nodelay(true);
+    configure(&tcp);
     let mut io = libp2p::tcp::tokio::TcpStream(tcp);
     let handshake = async {
         exchange_magic(&mut io).await.map_err(|e| e.to_string())?;
@@ -647,7 +697,13 @@ async fn serve_connection(
     tracing::debug!(%from, node, "data connection accepted");
     let (mut r, w) = io.split();
     let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-    let writer = tokio::spawn(write_loop(w, rx, shared.shutdown.clone(), shared.shutdown.clone()));
+    let writer = tokio::spawn(write_loop(
+        w,
+        rx,
+        shared.shutdown.clone(),
+        shared.shutdown.clone(),
+        |_: &Frame| true,
+    ));
     let mut shutdown = shared.shutdown.clone();
     let outcome = loop {
         let frame = tokio::select! {

@@ -78,6 +78,9 @@ pub struct BucketOutcome {
     pub hinted: Vec<String>,
 }
 
+/// How much later than the request timeout [`Node::rpc`] stops waiting for the transport.
+const RPC_TIMEOUT_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl<T: Transport> Node<T> {
     /// Sends one request to another node, bounded by the request timeout.
     pub async fn rpc(&self, to: &NodeId, req: &Request) -> Result<Response, NodeError> {
@@ -89,7 +92,11 @@ impl<T: Transport> Node<T> {
     /// [`Node::rpc`] with the request already encoded.
     pub async fn rpc_encoded(&self, to: &NodeId, payload: Bytes) -> Result<Response, NodeError> {
         let call = self.transport.request(to.as_str(), payload);
-        let bytes = match tokio::time::timeout(self.settings.request_timeout, call).await {
+        // The transport bounds the request by the same timeout and reports how it failed (not
+        // delivered, or possibly delivered); this outer bound only guards against a transport
+        // that does not, so it fires later.
+        let bound = self.settings.request_timeout + RPC_TIMEOUT_MARGIN;
+        let bytes = match tokio::time::timeout(bound, call).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) if e.certainly_not_delivered() => {
                 return Err(NodeError::NotDelivered(format!("{to}: {e}")));
@@ -413,11 +420,12 @@ impl<T: Transport> Node<T> {
             .cloned()
             .collect();
         let uncovered_names: Vec<String> = uncovered.iter().map(|o| o.to_string()).collect();
-        // Inline: appends into the page cache, no fdatasync (that is waited for below, on the
-        // blocking pool, while the other replicas are asked).
-        let (set, dot, hint_vv, uncovered_vv, pending) = {
-            let s = &self.store;
-            (|| {
+        // On the blocking pool (an append can roll the segment: an fdatasync and a hint file),
+        // but without waiting for this write's own fdatasync: that is waited for below, while
+        // the other replicas are asked.
+        let (set, dot, hint_vv, uncovered_vv, pending) = self
+            .store
+            .blocking(move |s| {
                 let mut dot = None;
                 let (set, mut pending) = s.coordinate(&key, |set| {
                     let ctx =
@@ -448,9 +456,9 @@ impl<T: Transport> Node<T> {
                     uncovered_vv.push(vv);
                 }
                 let dot = dot.ok_or_else(|| NodeError::Internal("no dot created".into()))?;
-                Ok::<_, NodeError>((set, dot, hint_vv, uncovered_vv, pending))
-            })()?
-        };
+                Ok((set, dot, hint_vv, uncovered_vv, pending))
+            })
+            .await?;
         if let (Some(owner), Some(vv)) = (local_hint, hint_vv) {
             self.hints.lock().record(HintKey::Object(req.key.clone()), owner, &vv);
             Metrics::inc(&self.metrics.hints_stored);

@@ -60,10 +60,7 @@ impl<T: Transport> Node<T> {
                         Ok(Response::Ack { vv })
                     }
                     None => {
-                        // The append runs inline (a write into the page cache); only the wait
-                        // for the fdatasync goes to the blocking pool.
-                        let (vv, pending) = self.store.apply_deferred(&k, &set)?;
-                        self.store.durable(pending).await?;
+                        let vv = self.store.blocking(move |s| s.apply(&k, &set)).await?;
                         Ok(Response::Ack { vv })
                     }
                 }

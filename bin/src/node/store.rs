@@ -193,17 +193,6 @@ impl Store {
         self.blocking(move |s| s.wait_durable(pending)).await
     }
 
-    /// [`Store::apply`] without the durability wait.
-    pub fn apply_deferred(
-        &self,
-        key: &ObjectKey,
-        set: &SiblingSet,
-    ) -> Result<(VersionVector, Pending), NodeError> {
-        let (set, pending) =
-            merge_into_deferred(&self.engine, Keyspace::Object, &key.encode(), set)?;
-        Ok((set.join(), pending))
-    }
-
     /// [`Store::store_hint`] without the durability wait.
     pub fn store_hint_deferred(
         &self,
