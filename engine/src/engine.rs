@@ -111,7 +111,8 @@ pub enum Update {
     Keep,
 }
 
-/// A write appended but perhaps not yet durable: its end in the log (0 = nothing was written).
+/// A point in the log a write needs durable before it may be acknowledged: the end of its own
+/// record, or for an update that wrote nothing the end of the log (0 = nothing to wait for).
 /// Pass it to [`Engine::wait_durable`]. Several can be combined with [`Pending::max`]: the log is
 /// one sequence, so waiting for the latest covers the earlier ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -582,14 +583,14 @@ impl Engine {
         check_key(key)?;
         let _stripe = self.inner.stripe(ks, key).lock();
         let current = self.inner.get(ks, key)?;
-        // Nothing is appended, but the value the caller saw may itself still wait for its
-        // fdatasync (appended by a writer that has not synced yet): waiting for the log's end
-        // covers it, so "unchanged" is never acknowledged as durable too early.
-        let nothing = Pending(self.inner.writer.lock().lsn);
+        // Nothing appended: the value the caller saw may itself still wait for its fdatasync
+        // (appended by a writer that has not synced yet); waiting for the log's end covers it,
+        // so "unchanged" is never acknowledged as durable too early.
+        let log_end = || Pending(self.inner.writer.lock().lsn);
         Ok(match f(current.as_deref()) {
-            Err(e) => (UpdateOutcome::Aborted(e), nothing),
-            Ok(Update::Keep) => (UpdateOutcome::Unchanged, nothing),
-            Ok(Update::Delete) if current.is_none() => (UpdateOutcome::Unchanged, nothing),
+            Err(e) => (UpdateOutcome::Aborted(e), Pending(0)),
+            Ok(Update::Keep) => (UpdateOutcome::Unchanged, log_end()),
+            Ok(Update::Delete) if current.is_none() => (UpdateOutcome::Unchanged, log_end()),
             Ok(Update::Delete) => (
                 UpdateOutcome::Deleted,
                 Pending(self.inner.append(ks, key, RecordKind::Tombstone, &[])?),
@@ -601,7 +602,7 @@ impl Engine {
         })
     }
 
-    /// Whether the write behind `pending` needs no wait: nothing was written, the sync policy
+    /// Whether the write behind `pending` needs no wait: nothing to wait for, the sync policy
     /// does not wait for fdatasync, or a group commit already covered it.
     pub fn is_durable(&self, pending: Pending) -> bool {
         pending.0 == 0

@@ -193,21 +193,22 @@ impl MembershipConfig {
     /// The data plane's listen address: [`Self::data_listen`], or the IP of [`Self::listen`]
     /// with port 0.
     pub fn data_listen_addr(&self) -> std::net::SocketAddr {
-        use libp2p::multiaddr::Protocol;
         if let Some(addr) = self.data_listen {
             return addr;
         }
-        let ip = self
-            .listen
-            .iter()
-            .find_map(|p| match p {
-                Protocol::Ip4(a) => Some(std::net::IpAddr::V4(a)),
-                Protocol::Ip6(a) => Some(std::net::IpAddr::V6(a)),
-                _ => None,
-            })
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let ip = ip_of(&self.listen).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
         std::net::SocketAddr::new(ip, 0)
     }
+}
+
+/// The IP address in a multiaddr, if it has one.
+pub(crate) fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(a) => Some(std::net::IpAddr::V4(a)),
+        Protocol::Ip6(a) => Some(std::net::IpAddr::V6(a)),
+        _ => None,
+    })
 }
 
 /// Loads the node keypair from `data_dir/node.key`, or creates it (mode 0600, written to a

@@ -766,7 +766,7 @@ impl Task {
                 // the data plane dials the same IP. (The source IP of a connection the peer
                 // dialled may be another interface of a multi-homed host: not used.)
                 if endpoint.is_dialer()
-                    && let Some(ip) = ip_of_multiaddr(endpoint.get_remote_address())
+                    && let Some(ip) = crate::config::ip_of(endpoint.get_remote_address())
                 {
                     self.routes.write().insert(peer_id, ip);
                 }
@@ -916,16 +916,6 @@ impl Task {
             }
         }
     }
-}
-
-/// The IP address in a multiaddr, if any.
-fn ip_of_multiaddr(addr: &Multiaddr) -> Option<std::net::IpAddr> {
-    use libp2p::multiaddr::Protocol;
-    addr.iter().find_map(|p| match p {
-        Protocol::Ip4(a) => Some(std::net::IpAddr::V4(a)),
-        Protocol::Ip6(a) => Some(std::net::IpAddr::V6(a)),
-        _ => None,
-    })
 }
 
 /// Logs a failed connection. Plain refusals (nobody listening: a node that is down) are

@@ -68,14 +68,14 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade};
-use libp2p::{Multiaddr, PeerId, identity, noise};
+use libp2p::{PeerId, identity, noise};
 use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
@@ -238,15 +238,15 @@ async fn write_loop(
     Ok(())
 }
 
+/// Requesters waiting for replies, by request id.
+type Waiters = HashMap<u64, oneshot::Sender<Result<Bytes>>>;
+
 /// The state of one outbound connection shared by its requesters, reader and writer.
 struct Conn {
     writer: mpsc::Sender<Frame>,
     next_id: AtomicU64,
-    closed: AtomicBool,
-    /// Requests sent and not answered; `None` once the connection closed (reason in
-    /// `close_reason`).
-    pending: Mutex<Option<HashMap<u64, oneshot::Sender<Result<Bytes>>>>>,
-    close_reason: Mutex<String>,
+    /// Requests sent and not answered while open; once closed, why.
+    pending: Mutex<std::result::Result<Waiters, String>>,
     /// Set when the connection closes, so that its writer and reader end too.
     stop: watch::Sender<bool>,
     node: String,
@@ -255,12 +255,17 @@ struct Conn {
 impl Conn {
     /// Marks the connection closed and fails every pending request as possibly delivered.
     fn close(&self, reason: &str) {
-        if self.closed.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        *self.close_reason.lock() = reason.to_owned();
+        let pending = {
+            let mut state = self.pending.lock();
+            if state.is_err() {
+                return; // already closed: the first reason stays
+            }
+            match std::mem::replace(&mut *state, Err(reason.to_owned())) {
+                Ok(p) => p,
+                Err(_) => return,
+            }
+        };
         self.stop.send_replace(true);
-        let pending = self.pending.lock().take().unwrap_or_default();
         if !pending.is_empty() {
             tracing::debug!(node = %self.node, reason, n = pending.len(),
                 "data connection closed with requests in flight");
@@ -274,12 +279,12 @@ impl Conn {
     }
 
     fn is_open(&self) -> bool {
-        !self.closed.load(Ordering::SeqCst)
+        self.pending.lock().is_ok()
     }
 
     /// Whether a requester still waits for the reply to request `id`.
     fn is_waiting(&self, id: u64) -> bool {
-        self.pending.lock().as_ref().is_some_and(|p| p.contains_key(&id))
+        self.pending.lock().as_ref().is_ok_and(|p| p.contains_key(&id))
     }
 }
 
@@ -394,11 +399,11 @@ impl DataPlane {
         let (tx, rx) = oneshot::channel();
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         match conn.pending.lock().as_mut() {
-            Some(p) => p.insert(id, tx),
-            None => {
+            Ok(p) => p.insert(id, tx),
+            Err(reason) => {
                 return Err(Error::NotDelivered {
                     node: node.to_owned(),
-                    reason: format!("connection closed: {}", conn.close_reason.lock()),
+                    reason: format!("connection closed: {reason}"),
                 });
             }
         };
@@ -525,9 +530,7 @@ impl DataPlane {
         let conn = Arc::new(Conn {
             writer: tx,
             next_id: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            pending: Mutex::new(Some(HashMap::new())),
-            close_reason: Mutex::new(String::new()),
+            pending: Mutex::new(Ok(HashMap::new())),
             stop,
             node: node.to_owned(),
         });
@@ -563,20 +566,14 @@ impl Drop for DataPlane {
 
 /// Removes a request that will not wait for its reply any more.
 fn forget(conn: &Conn, id: u64) {
-    if let Some(p) = conn.pending.lock().as_mut() {
+    if let Ok(p) = conn.pending.lock().as_mut() {
         p.remove(&id);
     }
 }
 
-/// The IP address of a multiaddr, unless it is unspecified.
+/// The IP address of an announced multiaddr, unless it is unspecified.
 fn ip_of(addr: &str) -> Option<IpAddr> {
-    use libp2p::multiaddr::Protocol;
-    let addr: Multiaddr = addr.parse().ok()?;
-    addr.iter().find_map(|p| match p {
-        Protocol::Ip4(a) if !a.is_unspecified() => Some(IpAddr::V4(a)),
-        Protocol::Ip6(a) if !a.is_unspecified() => Some(IpAddr::V6(a)),
-        _ => None,
-    })
+    crate::config::ip_of(&addr.parse().ok()?).filter(|ip| !ip.is_unspecified())
 }
 
 /// Socket options of every data connection: no Nagle delay, keepalive, and a bound on how long
@@ -638,7 +635,7 @@ async fn reply_loop(
             }),
             _ => break "protocol error: a request on an outbound connection".to_owned(),
         };
-        let waiter = conn.pending.lock().as_mut().and_then(|p| p.remove(&frame.id));
+        let waiter = conn.pending.lock().as_mut().ok().and_then(|p| p.remove(&frame.id));
         if let Some(tx) = waiter {
             let _ = tx.send(result);
         }
@@ -795,7 +792,7 @@ mod tests {
         futures::executor::block_on(f)
     }
 
-    async fn encode(frames: &[Frame]) -> Vec<u8> {
+    fn encode(frames: &[Frame]) -> Vec<u8> {
         let mut out = Vec::new();
         for f in frames {
             out.extend_from_slice(&f.header());
@@ -811,7 +808,7 @@ mod tests {
             Frame { kind: KIND_REPLY, id: u64::MAX, payload: Bytes::new() },
             Frame { kind: KIND_ERROR, id: 0, payload: Bytes::from_static(b"overloaded") },
         ];
-        let bytes = block(encode(&frames));
+        let bytes = encode(&frames);
         let mut r = futures::io::Cursor::new(bytes);
         for want in &frames {
             let got = block(read_frame(&mut r, 100)).unwrap().unwrap();
@@ -823,16 +820,16 @@ mod tests {
     #[test]
     fn oversize_unknown_and_truncated_frames_are_errors() {
         let big = Frame { kind: KIND_REQUEST, id: 1, payload: Bytes::from(vec![0u8; 101]) };
-        let mut r = futures::io::Cursor::new(block(encode(&[big])));
+        let mut r = futures::io::Cursor::new(encode(&[big]));
         let err = block(read_frame(&mut r, 100)).err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "rejected before reading the body");
 
         let odd = Frame { kind: 9, id: 1, payload: Bytes::new() };
-        let mut r = futures::io::Cursor::new(block(encode(&[odd])));
+        let mut r = futures::io::Cursor::new(encode(&[odd]));
         assert!(block(read_frame(&mut r, 100)).is_err());
 
         let ok = Frame { kind: KIND_REPLY, id: 1, payload: Bytes::from_static(b"abcdef") };
-        let mut bytes = block(encode(&[ok]));
+        let mut bytes = encode(&[ok]);
         bytes.truncate(bytes.len() - 2);
         let mut r = futures::io::Cursor::new(bytes);
         assert!(block(read_frame(&mut r, 100)).is_err(), "EOF inside a frame is an error");
@@ -943,6 +940,18 @@ mod tests {
             Instant::now() + Duration::from_secs(5)
         }
 
+        /// A request from `from` to `to` left running in the background.
+        fn spawn_request(
+            from: &Arc<TestNode>,
+            to: &'static str,
+            body: &'static [u8],
+        ) -> tokio::task::JoinHandle<Result<Bytes>> {
+            let from = from.clone();
+            tokio::spawn(
+                async move { from.plane.request(to, Bytes::from_static(body), soon()).await },
+            )
+        }
+
         #[tokio::test]
         async fn requests_and_replies_with_the_authenticated_sender() {
             let a = node("a", [7; 32]).await;
@@ -986,10 +995,7 @@ mod tests {
             assert!(r.is_ok());
             // A request in flight when the peer goes away may have been applied.
             let a = Arc::new(a);
-            let a2 = a.clone();
-            let pending = tokio::spawn(async move {
-                a2.plane.request("b", Bytes::from_static(b"hang"), soon()).await
-            });
+            let pending = spawn_request(&a, "b", b"hang");
             tokio::time::sleep(Duration::from_millis(200)).await;
             b.plane.shutdown();
             let err = pending.await.unwrap().unwrap_err();
@@ -1009,10 +1015,7 @@ mod tests {
             // b's node never takes requests off its queue: the first fills it, the second is
             // answered "overloaded" without waiting for the timeout.
             let a = Arc::new(a);
-            let a2 = a.clone();
-            let first = tokio::spawn(async move {
-                a2.plane.request("b", Bytes::from_static(b"1"), soon()).await
-            });
+            let first = spawn_request(&a, "b", b"1");
             tokio::time::sleep(Duration::from_millis(200)).await;
             let err = a.plane.request("b", Bytes::from_static(b"2"), soon()).await.unwrap_err();
             assert!(

@@ -36,7 +36,8 @@ fn encode_set<V: Serialize + Clone>(set: &SiblingSet<V>) -> Result<Vec<u8>, Node
     rmp_serde::to_vec(set).map_err(|e| NodeError::Internal(format!("encoding sibling set: {e}")))
 }
 
-/// Merges `incoming` into the set stored under (`ks`, `key`) and returns the merged set.
+/// Merges `incoming` into the set stored under (`ks`, `key`) and returns the merged set, once
+/// durable. Writes nothing when the merge changes nothing.
 fn merge_into<V>(
     engine: &Engine,
     ks: Keyspace,
@@ -61,27 +62,11 @@ fn merge_into_deferred<V>(
 where
     V: Serialize + DeserializeOwned + Clone + PartialEq,
 {
-    let mut merged = None;
-    let (outcome, pending) = engine.update_deferred(ks, key, |old| {
-        let mut set = match old {
-            Some(bytes) => decode_set::<V>(bytes)?,
-            None => SiblingSet::new(),
-        };
+    rewrite_set_deferred(engine, ks, key, |set, existed| {
         let before = set.clone();
         set.merge(incoming);
-        let keep = old.is_some() && set == before;
-        let bytes = if keep { None } else { Some(encode_set(&set)?) };
-        merged = Some(set);
-        Ok::<_, NodeError>(match bytes {
-            Some(b) => Update::Put(b),
-            None => Update::Keep,
-        })
-    })?;
-    if let UpdateOutcome::Aborted(e) = outcome {
-        return Err(e);
-    }
-    let set = merged.ok_or_else(|| NodeError::Internal("merge closure did not run".into()))?;
-    Ok((set, pending))
+        Ok(!existed || *set != before)
+    })
 }
 
 /// Applies `f` to the set stored under (`ks`, `key`) and stores the result; returns it once
@@ -95,17 +80,19 @@ fn update_set<V>(
 where
     V: Serialize + DeserializeOwned + Clone,
 {
-    let (set, pending) = update_set_deferred(engine, ks, key, f)?;
+    let (set, pending) = rewrite_set_deferred(engine, ks, key, |set, _| f(set).map(|()| true))?;
     engine.wait_durable(pending)?;
     Ok(set)
 }
 
-/// [`update_set`] without the durability wait (see [`Engine::update_deferred`]).
-fn update_set_deferred<V>(
+/// The atomic read-modify-write under both: `f` gets the stored set (empty if none) and whether
+/// one existed, changes it, and says whether to store it. Returns the resulting set and what to
+/// wait for before it may be called durable.
+fn rewrite_set_deferred<V>(
     engine: &Engine,
     ks: Keyspace,
     key: &[u8],
-    f: impl FnOnce(&mut SiblingSet<V>) -> Result<(), NodeError>,
+    f: impl FnOnce(&mut SiblingSet<V>, bool) -> Result<bool, NodeError>,
 ) -> Result<(SiblingSet<V>, Pending), NodeError>
 where
     V: Serialize + DeserializeOwned + Clone,
@@ -116,10 +103,10 @@ where
             Some(bytes) => decode_set(bytes)?,
             None => SiblingSet::new(),
         };
-        f(&mut set)?;
-        let bytes = encode_set(&set)?;
+        let store = f(&mut set, old.is_some())?;
+        let update = if store { Update::Put(encode_set(&set)?) } else { Update::Keep };
         result = Some(set);
-        Ok::<_, NodeError>(Update::Put(bytes))
+        Ok::<_, NodeError>(update)
     })?;
     if let UpdateOutcome::Aborted(e) = outcome {
         return Err(e);
@@ -166,7 +153,7 @@ impl Store {
     /// stored set atomically and returns the new set.
     ///
     /// The new set is in the engine and visible to readers when this returns, but not yet
-    /// durable: the coordinator sends it to the other replicas while [`Store::wait_durable`]
+    /// durable: the coordinator sends it to the other replicas while [`Store::durable`]
     /// runs, and counts its own acknowledgement only after that. A crash in between loses the
     /// write here before any client saw it acknowledged by this node; the dot it used is never
     /// reused, because every unclean stop starts a new actor epoch.
@@ -175,22 +162,19 @@ impl Store {
         key: &ObjectKey,
         f: impl FnOnce(&mut SiblingSet) -> Result<(), NodeError>,
     ) -> Result<(SiblingSet, Pending), NodeError> {
-        update_set_deferred(&self.engine, Keyspace::Object, &key.encode(), f)
+        rewrite_set_deferred(&self.engine, Keyspace::Object, &key.encode(), |set, _| {
+            f(set).map(|()| true)
+        })
     }
 
-    /// Waits until a deferred write is durable per the sync policy.
-    pub fn wait_durable(&self, pending: Pending) -> Result<(), NodeError> {
-        Ok(self.engine.wait_durable(pending)?)
-    }
-
-    /// [`Store::wait_durable`] for async callers: on the blocking pool when an fdatasync must
-    /// be waited for, at once when none is needed (`--sync never`/`interval`, or a group commit
+    /// Waits until a deferred write is durable per the sync policy: on the blocking pool when an
+    /// fdatasync must be waited for, at once when none is needed (`--sync never`/`interval`, or a group commit
     /// already covered the write).
     pub async fn durable(&self, pending: Pending) -> Result<(), NodeError> {
         if self.engine.is_durable(pending) {
             return Ok(());
         }
-        self.blocking(move |s| s.wait_durable(pending)).await
+        self.blocking(move |s| Ok(s.engine.wait_durable(pending)?)).await
     }
 
     /// [`Store::store_hint`] without the durability wait.
