@@ -105,6 +105,9 @@ pub struct FileList {
     pub files: Vec<FileEntry>,
     /// Where the next page starts, when there may be more.
     pub next_cursor: Option<String>,
+    /// Members that did not answer (down, or failed): files only they hold may be missing from
+    /// the page. Empty: every member answered.
+    pub missing: Vec<String>,
 }
 
 /// A write of one object (raw `PUT` or one part of a multipart upload).
@@ -198,12 +201,13 @@ pub struct Health {
 }
 
 /// What the API needs from a node. The node (coordinator, replication, membership) implements
-/// it; [`crate::testing::MemoryBackend`] is an in-memory implementation for tests.
+/// it (`cairn_node::node::backend::NodeBackend`), and the API's tests run over real nodes
+/// (`bin/tests/api_*.rs`), so the routes are tested on the semantics users get.
 ///
 /// Implementations can write the methods as `async fn`; every future must be `Send` (the router
 /// runs on a multi-threaded runtime). Methods take owned requests so the futures borrow only
 /// `self`. Errors are [`ApiError`]s: `NoSuchBucket`, `NoSuchKey`, `BucketAlreadyExists`,
-/// `TooManySiblings`, `WriteQuorumNotReached`/`ReadQuorumNotReached` (with the partial report),
+/// `TooManySiblings`, `StaleContext`, `WriteQuorumNotReached`/`ReadQuorumNotReached` (with the partial report),
 /// `Unavailable` and `Internal` are the ones a backend is expected to produce.
 pub trait Backend: Send + Sync + 'static {
     /// This node's id, reported as `node` in every answer.
@@ -231,8 +235,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Writes an object (`NoSuchBucket`, `WriteQuorumNotReached`, `TooManySiblings`, ...).
     fn put_object(&self, req: PutObject) -> impl Future<Output = Result<WriteResult>> + Send;
 
-    /// Deletes an object by writing a tombstone. A backend may answer `NoSuchKey` when it holds
-    /// no live version of the key.
+    /// Deletes an object by writing a tombstone (add-wins: it removes the versions the context
+    /// covers, or without one every version a quorum read shows). `NoSuchKey` when no live
+    /// version exists (nothing is stored); `StaleContext` when the context covers none of them.
     fn delete_object(&self, req: DeleteObject) -> impl Future<Output = Result<WriteResult>> + Send;
 
     /// Reads an object. A missing key is an `Ok` with an empty set (the API answers 404), so

@@ -77,9 +77,10 @@ pub enum ApiError {
     /// Creating a bucket that exists (409 `BucketAlreadyExists`).
     #[error("bucket {0:?} already exists")]
     BucketAlreadyExists(String),
-    /// Deleting a bucket that still has files, for backends that refuse it (409 `BucketNotEmpty`).
-    #[error("bucket {0:?} is not empty")]
-    BucketNotEmpty(String),
+    /// A delete whose context covers none of the object's live versions: it changed since the
+    /// client read it (409 `StaleContext`). Nothing is stored.
+    #[error("{0}")]
+    StaleContext(String),
     /// The write would leave more concurrent versions than allowed (409 `TooManySiblings`):
     /// read the object and write back with its context to resolve them.
     #[error("{0}")]
@@ -182,7 +183,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::BucketAlreadyExists(_)
-            | ApiError::BucketNotEmpty(_)
+            | ApiError::StaleContext(_)
             | ApiError::TooManySiblings(_) => StatusCode::CONFLICT,
             ApiError::EntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::WriteQuorumNotReached { .. }
@@ -207,7 +208,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::RequestTimeout(_) => "RequestTimeout",
             ApiError::BucketAlreadyExists(_) => "BucketAlreadyExists",
-            ApiError::BucketNotEmpty(_) => "BucketNotEmpty",
+            ApiError::StaleContext(_) => "StaleContext",
             ApiError::TooManySiblings(_) => "TooManySiblings",
             ApiError::EntityTooLarge { .. } => "EntityTooLarge",
             ApiError::WriteQuorumNotReached { .. } => "WriteQuorumNotReached",
@@ -348,7 +349,7 @@ mod tests {
             ApiError::MethodNotAllowed("x".into()),
             ApiError::RequestTimeout(std::time::Duration::from_secs(1)),
             ApiError::BucketAlreadyExists("x".into()),
-            ApiError::BucketNotEmpty("x".into()),
+            ApiError::StaleContext("x".into()),
             ApiError::TooManySiblings("x".into()),
             ApiError::EntityTooLarge { limit: 1 },
             ApiError::Unavailable("x".into()),

@@ -8,15 +8,20 @@
 //!
 //! READS
 //! =====
-//! A read merges the replicas' sibling sets (the backend does that); the handler shows the set:
+//! A read merges the replicas' sibling sets (the backend does that); the handler shows the set's
+//! *live* versions (deletes are add-wins: a delete marker is never shown beside a live version,
+//! see `cairn_replication::dvv`):
 //! - no live version (empty set or only tombstones): 404 `NoSuchKey`, with the context in the
 //!   body and in `X-Cairn-Context` when there are tombstones, so a later write supersedes them;
-//! - exactly one version and it is live: the bytes, with `Content-Type`, `ETag`,
-//!   `Last-Modified`, `X-Cairn-Context`, `X-Cairn-Node` (the coordinator), `X-Cairn-Version`;
-//! - several versions (a live one concurrent with others, deletes included): 300 Multiple
-//!   Choices with the JSON list of siblings and the context; `?sibling=ID` serves one of them;
+//! - exactly one live version: the bytes, with `Content-Type`, `ETag`, `Last-Modified`,
+//!   `X-Cairn-Context`, `X-Cairn-Node` (the coordinator), `X-Cairn-Version`;
+//! - several live versions (concurrent writes): 300 Multiple Choices with the JSON list of them
+//!   and the context; `?sibling=ID` serves one of them;
 //! - `?meta=true`: the JSON read report (replicas read, their vector clocks, read repair) with
-//!   the siblings, whatever their number.
+//!   the live versions, whatever their number.
+//!
+//! The context always covers every version merged, delete markers included, so writing it back
+//! supersedes everything the read saw.
 //!
 //! This is Dynamo's client-side reconciliation (DeCandia et al., SOSP 2007, §4.4 "Data
 //! Versioning": a read returns all concurrent versions, the client reconciles them and writes
@@ -32,6 +37,12 @@
 //! never stored, not even partly. Parts before it have been stored (holding every part until the
 //! end would hold more than one object in memory): the error answer lists them under `files`,
 //! and parts after it are not read.
+//!
+//! With `X-Cairn-Context` (the context of a read, e.g. to re-upload a file that has siblings)
+//! the form must hold exactly one file part: that part is held until the form ends, so a second
+//! file part is refused (400) with nothing stored. A part's type is its own `Content-Type`, or
+//! the one registered for its file name's extension when it sent none or the generic
+//! `application/octet-stream`.
 
 use axum::Json;
 use axum::body::Body;
@@ -157,6 +168,8 @@ pub async fn list_files<B: Backend>(State(app): State<App<B>>, uri: Uri) -> Resp
             ),
         );
         f.insert("truncated".into(), Value::Bool(list.next_cursor.is_some()));
+        f.insert("complete".into(), Value::Bool(list.missing.is_empty()));
+        f.insert("missing".into(), json!(list.missing));
         f.insert("next_cursor".into(), list.next_cursor.map(Value::String).unwrap_or(Value::Null));
         Ok(ok_json(&app.node, f))
     };
@@ -195,8 +208,8 @@ async fn get_object_inner<B: Backend>(
     }
     let read = app.backend.get_object(GetObject { bucket, name: name.clone(), r, local }).await?;
     let context = Context(read.set.join());
-    let live = read.set.siblings().iter().filter(|s| !s.value.is_tombstone()).count();
-    if live == 0 {
+    let live: Vec<&Dotted<Sibling>> = read.set.live().collect();
+    if live.is_empty() {
         let err = ApiError::NoSuchKey {
             name: name.to_string(),
             context: if context.0.is_empty() { None } else { Some(context) },
@@ -217,7 +230,7 @@ async fn get_object_inner<B: Backend>(
             None => Err(ApiError::NoSuchVersion(id)),
         };
     }
-    match read.set.siblings() {
+    match live.as_slice() {
         [only] => Ok(bytes_response(&read, only, &context, headers)),
         _ => {
             let mut f = read_fields(&read);
@@ -236,7 +249,7 @@ fn read_fields(read: &ReadResult) -> Map<String, Value> {
     let mut f = Map::new();
     f.insert("coordinator".into(), Value::String(read.node.clone()));
     f.insert("context".into(), Value::String(Context(read.set.join()).to_token()));
-    f.insert("conflict".into(), Value::Bool(read.set.len() > 1));
+    f.insert("conflict".into(), Value::Bool(read.set.live_count() > 1));
     f.insert("siblings".into(), render::siblings_json(&read.set));
     for (k, v) in render::read_report_fields(&read.report) {
         f.insert(k, v);
@@ -326,7 +339,7 @@ pub async fn put_object<B: Backend>(
             bucket,
             name: name.clone(),
             body,
-            content_type: params::content_type(&headers),
+            content_type: params::content_type(&headers, name.as_str()),
             file_name: None,
             etag,
             context,
@@ -391,7 +404,8 @@ fn multipart_error(e: MultipartError, limit: u64) -> ApiError {
     }
 }
 
-/// `POST /buckets/{bucket}/files?w=&overwrite=`: multipart upload (see MULTIPART UPLOADS).
+/// `POST /buckets/{bucket}/files?w=&overwrite=`, optional `X-Cairn-Context` for a one-file form:
+/// multipart upload (see MULTIPART UPLOADS).
 pub async fn upload_multipart<B: Backend>(
     State(app): State<App<B>>,
     uri: Uri,
@@ -423,11 +437,9 @@ async fn upload_inner<B: Backend>(
 ) -> Result<()> {
     let (bucket, _) = bucket_from_path(uri.path())?;
     let (w, context, overwrite) = write_options(uri, headers, app.config.replicas)?;
-    if context.is_some() {
-        return Err(ApiError::InvalidArgument(
-            "X-Cairn-Context applies to one object: use PUT /buckets/{bucket}/{file}".into(),
-        ));
-    }
+    // With a context the form must hold one file: it is held until the end of the form, so a
+    // second file part is refused before anything is stored.
+    let mut held: Option<PutObject> = None;
     let request_limit = app.config.max_request_size;
     params::check_content_length(headers, request_limit)?;
     let mut multipart = multipart.map_err(|e| ApiError::MalformedMultipart(e.body_text()))?;
@@ -450,15 +462,18 @@ async fn upload_inner<B: Backend>(
             }
             continue;
         }
+        if held.is_some() {
+            return Err(ApiError::InvalidArgument(
+                "X-Cairn-Context applies to one object, and this form holds several files: \
+                 upload them without a context, or one per request; nothing was stored"
+                    .into(),
+            ));
+        }
         let file_name = field.file_name().map(str::to_string).ok_or_else(|| {
             ApiError::InvalidObjectName("a file part has no filename (the object name)".into())
         })?;
         let name = ObjectName::new(file_name.clone())?;
-        let content_type = field
-            .content_type()
-            .filter(|c| !c.is_empty())
-            .unwrap_or(crate::DEFAULT_CONTENT_TYPE)
-            .to_string();
+        let content_type = params::part_content_type(field.content_type(), &file_name);
         let mut buf = LimitedBuffer::new(app.config.max_object_size);
         while let Some(chunk) =
             within(idle, field.chunk()).await?.map_err(|e| multipart_error(e, request_limit))?
@@ -477,10 +492,19 @@ async fn upload_inner<B: Backend>(
             content_type,
             file_name: Some(file_name),
             etag,
-            context: None,
+            context: context.clone(),
             overwrite,
             w,
         };
+        if context.is_some() {
+            held = Some(req);
+            continue;
+        }
+        let res = app.backend.put_object(req).await?;
+        stored.push(Value::Object(render::write_result_json(name.as_str(), &res)));
+    }
+    if let Some(req) = held {
+        let name = req.name.clone();
         let res = app.backend.put_object(req).await?;
         stored.push(Value::Object(render::write_result_json(name.as_str(), &res)));
     }

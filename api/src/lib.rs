@@ -4,10 +4,9 @@
 //! The router is built by [`router`] from a [`Backend`] and an [`ApiConfig`]. It validates every
 //! input (bucket and object names, query parameters, context tokens, body sizes) before the
 //! backend sees it, streams uploads with a byte count, and renders the backend's replica reports
-//! as JSON. It is tested without a cluster through `tower::ServiceExt::oneshot` against
-//! [`testing::MemoryBackend`]. The route reference with examples is `docs/api.md`;
-//! `cargo run -p cairn-api --example memory_server` serves the router over that backend on
-//! 127.0.0.1 for trying it with curl.
+//! as JSON. Its tests live with the node (`bin/tests/api_*.rs`): they drive this router through
+//! `tower::ServiceExt::oneshot` over the node's real backend, a 3-node cluster in one process,
+//! so they check what users see. The route reference with examples is `docs/api.md`.
 //!
 //! # Layout
 //! - [`backend`]: the [`Backend`] trait and the request/answer types crossing it.
@@ -18,7 +17,6 @@
 //! - [`render`]: JSON shapes of reports and siblings, version ids, ETags, HTTP dates.
 //! - [`metrics`]: the outermost middleware (panic containment, metrics, logging) and the
 //!   Prometheus text.
-//! - [`testing`]: `MemoryBackend`, an in-memory backend for tests (this crate's and the node's).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +33,6 @@ pub mod metrics;
 pub mod names;
 pub mod params;
 pub mod render;
-pub mod testing;
 
 pub use backend::{
     Backend, BucketInfo, BucketReport, ConflictPolicy, DeleteObject, FileEntry, FileList,

@@ -98,14 +98,37 @@ pub fn context_from_headers(headers: &HeaderMap) -> Result<Option<Context>> {
     Ok(Some(Context::from_token(token.trim())?))
 }
 
-/// The request's `Content-Type`, or `application/octet-stream`.
-pub fn content_type(headers: &HeaderMap) -> String {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .unwrap_or(crate::DEFAULT_CONTENT_TYPE)
-        .to_string()
+/// The request's `Content-Type`; without one, the type guessed from the object name's extension
+/// ([`guess_content_type`]), e.g. for `curl -T notes.txt`.
+pub fn content_type(headers: &HeaderMap, name: &str) -> String {
+    let given = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    match given.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(t) => t.to_string(),
+        None => guess_content_type(name),
+    }
+}
+
+/// The content type of a multipart file part: the part's own type, unless it is missing or the
+/// generic `application/octet-stream` (what curl and browsers send for an extension they do not
+/// know), in which case the one guessed from the file name.
+pub fn part_content_type(given: Option<&str>, file_name: &str) -> String {
+    match given.map(str::trim).filter(|v| !v.is_empty() && *v != crate::DEFAULT_CONTENT_TYPE) {
+        Some(t) => t.to_string(),
+        None => guess_content_type(file_name),
+    }
+}
+
+/// The MIME type registered for the extension of `name` (the last `.`-suffix of its last `/`
+/// segment), or `application/octet-stream`. From `mime_guess`'s table, which follows the IANA
+/// and Apache registries.
+pub fn guess_content_type(name: &str) -> String {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    match base.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => {
+            mime_guess::from_ext(ext).first_raw().unwrap_or(crate::DEFAULT_CONTENT_TYPE).to_string()
+        }
+        _ => crate::DEFAULT_CONTENT_TYPE.to_string(),
+    }
 }
 
 /// Refuses at once a body whose declared `Content-Length` is over `limit` (413 without reading).
@@ -174,6 +197,23 @@ pub async fn read_body_limited(body: Body, limit: u64, idle: Duration) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_types_are_guessed_from_the_name_when_not_given() {
+        assert_eq!(guess_content_type("notes.txt"), "text/plain");
+        assert_eq!(guess_content_type("2024/cat.JPG"), "image/jpeg");
+        assert_eq!(guess_content_type("backup.tar.gz"), "application/gzip");
+        for none in ["README", ".bashrc", "dir.d/file", "trailing."] {
+            assert_eq!(guess_content_type(none), "application/octet-stream", "{none}");
+        }
+        let mut h = HeaderMap::new();
+        assert_eq!(content_type(&h, "a.png"), "image/png");
+        h.insert(header::CONTENT_TYPE, "text/x-custom".parse().unwrap());
+        assert_eq!(content_type(&h, "a.png"), "text/x-custom", "a given type is kept");
+        assert_eq!(part_content_type(Some("application/octet-stream"), "a.pdf"), "application/pdf");
+        assert_eq!(part_content_type(None, "a.json"), "application/json");
+        assert_eq!(part_content_type(Some("image/webp"), "a.bin"), "image/webp");
+    }
 
     fn params(q: &str) -> Params {
         Params::parse(&format!("/x?{q}").parse::<Uri>().unwrap()).unwrap()

@@ -98,9 +98,10 @@ pub fn sibling_json(s: &Dotted<Sibling>) -> Value {
     })
 }
 
-/// All siblings of a set, in dot order.
+/// The live siblings of a set, in dot order (delete markers are not shown: deletes are
+/// add-wins).
 pub fn siblings_json(set: &SiblingSet<Sibling>) -> Value {
-    Value::Array(set.siblings().iter().map(sibling_json).collect())
+    Value::Array(set.live().map(sibling_json).collect())
 }
 
 /// A listing entry.

@@ -18,6 +18,28 @@
 //!   idempotent, so replicas converge whatever order merges happen in (tested by proptest).
 //! - `join()` is `vv`: the causal context handed to clients (as a token, [`crate::context`]).
 //!
+//! ADD-WINS DELETES
+//! ================
+//! A delete is a write of a tombstone sibling under the client's context: it removes exactly the
+//! siblings that context covers, like any write. What the node *shows* and *keeps* follows the
+//! observed-remove set (Shapiro et al., "A comprehensive study of Convergent and Commutative
+//! Replicated Data Types", 2011, §3.3.5; the Dynamo paper's shopping cart, where "an add to cart
+//! operation can never be lost"):
+//! - a read shows only live siblings ([`SiblingSet::live`]); tombstones are shown only when
+//!   nothing is live, as "not found" with a context;
+//! - a client write ([`SiblingSet::write`]) also removes every tombstone the coordinator holds and,
+//!   when live siblings remain, its own tombstone: after a write a set is either all live or one
+//!   tombstone.
+//!
+//! So a delete concurrent with a write loses to the write, and a delete removes only what its
+//! client saw. Removing tombstones in `write` is an update with a larger context (the tombstones'
+//! dots are already in `vv`; a set with the same history and fewer siblings is above the original
+//! in the merge order), so `merge` stays the plain DVV join and convergence is untouched; and it
+//! never changes which *live* siblings survive any later merge, because a live sibling's survival
+//! depends only on histories and on who holds it. Replicas may still hold a tombstone beside a
+//! live sibling (a delete and a write that met only in a merge); reads hide it and the next write
+//! removes it.
+//!
 //! Why dots and not plain per-node version vectors: with one vector per sibling, writes through
 //! one coordinator without a fresh context create "false concurrency" and siblings grow without
 //! bound (Riak issues riak_kv#1648, riak_cs#882). With DVV sets the number of siblings is bounded
@@ -332,15 +354,52 @@ impl<V: Clone + Serialize + for<'de> Deserialize<'de>> SiblingSet<V> {
 }
 
 impl SiblingSet<Sibling> {
-    /// True when the set has siblings and all are tombstones (a read answers 404 but still returns
-    /// the context, so a later write can supersede the deletes).
-    pub fn is_all_tombstones(&self) -> bool {
-        !self.siblings.is_empty() && self.siblings.iter().all(|s| s.value.is_tombstone())
+    /// The live siblings (not delete markers), in dot order: what a read shows. A tombstone
+    /// concurrent with a live sibling is never shown (see ADD-WINS DELETES).
+    pub fn live(&self) -> impl Iterator<Item = &Dotted<Sibling>> {
+        self.siblings.iter().filter(|s| !s.value.is_tombstone())
+    }
+
+    /// Number of live siblings.
+    pub fn live_count(&self) -> usize {
+        self.live().count()
     }
 
     /// True when a read should answer "not found": no siblings, or only tombstones.
     pub fn is_deleted(&self) -> bool {
         self.siblings.iter().all(|s| s.value.is_tombstone())
+    }
+
+    /// True when `context` covers at least one live sibling (a delete with it removes something
+    /// a reader can see).
+    pub fn context_covers_live(&self, context: &VersionVector) -> bool {
+        self.live().any(|s| context.contains(&s.dot))
+    }
+
+    /// A client write coordinated by `actor` under add-wins deletes: [`update`](Self::update) that
+    /// also removes every tombstone held, and the new tombstone itself when live siblings remain
+    /// (so afterwards the set is all live, or exactly one tombstone). Refused with
+    /// [`Error::TooManySiblings`], nothing changed, when more than `limit` siblings would remain.
+    /// Returns the new dot (also when a delete left no tombstone: its dot is in the history).
+    pub fn write(
+        &mut self,
+        context: &VersionVector,
+        value: Sibling,
+        actor: &Actor,
+        limit: usize,
+    ) -> Result<Dot> {
+        let kept_live = self.live().filter(|s| !context.contains(&s.dot)).count();
+        let count = kept_live + usize::from(!value.is_tombstone() || kept_live == 0);
+        if count > limit {
+            return Err(Error::TooManySiblings { count, limit });
+        }
+        let deleting = value.is_tombstone();
+        self.siblings.retain(|s| !s.value.is_tombstone());
+        let dot = self.update(context, value, actor);
+        if deleting && self.siblings.len() > 1 {
+            self.siblings.retain(|s| !s.value.is_tombstone());
+        }
+        Ok(dot)
     }
 
     /// Last-writer-wins resolution: the sibling with the greatest `timestamp_ms`, ties broken by
@@ -356,6 +415,75 @@ impl SiblingSet<Sibling> {
     /// applies this after every update and merge.
     pub fn resolve_lww(&mut self) {
         self.resolve_by(|s| (s.value.meta.timestamp_ms, s.dot.clone()));
+    }
+}
+
+/// What a listing needs of a stored [`SiblingSet<Sibling>`]: the metadata of its live siblings,
+/// decoded from the stored bytes without copying or decoding any content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetSummary {
+    /// Metadata of each live sibling, in dot order.
+    pub live: Vec<Meta>,
+    /// Number of tombstones.
+    pub tombstones: usize,
+}
+
+/// Borrowing mirrors of the stored types: the same serde shape, with the content and the
+/// histories skipped (`IgnoredAny` walks over a msgpack `bin` without allocating).
+mod summary {
+    use serde::Deserialize;
+    use serde::de::IgnoredAny;
+
+    use super::Meta;
+
+    #[derive(Deserialize)]
+    pub(super) struct RawSummary {
+        #[serde(rename = "vv")]
+        _vv: IgnoredAny,
+        pub(super) siblings: Vec<DottedView>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct DottedView {
+        #[serde(rename = "dot")]
+        _dot: IgnoredAny,
+        pub(super) value: SiblingView,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct SiblingView {
+        pub(super) meta: Meta,
+        pub(super) body: BodyView,
+    }
+
+    /// Same variants, same order as [`super::Body`].
+    #[derive(Deserialize)]
+    pub(super) enum BodyView {
+        Bytes(IgnoredAny),
+        Tombstone,
+    }
+}
+
+impl SetSummary {
+    /// Decodes the summary of an encoded `SiblingSet<Sibling>` (named or compact rmp-serde
+    /// encoding). Never panics; the set's invariants are not checked (nothing here relies on them).
+    pub fn from_bytes(bytes: &[u8]) -> Result<SetSummary> {
+        if bytes.len() > MAX_ENCODED_SET_LEN {
+            return Err(Error::CorruptSiblingSet(format!(
+                "{} bytes is over the limit",
+                bytes.len()
+            )));
+        }
+        let raw: summary::RawSummary =
+            rmp_serde::from_slice(bytes).map_err(|e| Error::CorruptSiblingSet(e.to_string()))?;
+        let mut out = SetSummary::default();
+        for s in raw.siblings {
+            match s.value.body {
+                summary::BodyView::Bytes(_) => out.live.push(s.value.meta),
+                summary::BodyView::Tombstone => out.tombstones += 1,
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -440,15 +568,116 @@ mod tests {
         assert_eq!(s.len(), 1);
     }
 
+    fn contents(s: &SiblingSet<Sibling>) -> Vec<Vec<u8>> {
+        s.live()
+            .map(|d| match &d.value.body {
+                Body::Bytes(b) => b.clone(),
+                Body::Tombstone => Vec::new(),
+            })
+            .collect()
+    }
+
     #[test]
     fn tombstones() {
         let a = actor("a");
         let mut s: SiblingSet<Sibling> = SiblingSet::new();
-        assert!(!s.is_all_tombstones() && s.is_deleted());
-        s.update(&VersionVector::new(), file(1, b"x"), &a);
+        assert!(s.is_deleted());
+        s.write(&VersionVector::new(), file(1, b"x"), &a, 8).unwrap();
         assert!(!s.is_deleted());
-        s.update(&s.join(), Sibling::tombstone(2), &a);
-        assert!(s.is_all_tombstones() && s.is_deleted());
+        s.write(&s.join(), Sibling::tombstone(2), &a, 8).unwrap();
+        assert!(s.is_deleted() && s.len() == 1 && s.live_count() == 0);
+    }
+
+    #[test]
+    fn a_write_after_a_delete_leaves_no_marker() {
+        let a = actor("a");
+        let mut s: SiblingSet<Sibling> = SiblingSet::new();
+        s.write(&VersionVector::new(), file(1, b"x"), &a, 8).unwrap();
+        s.write(&s.join(), Sibling::tombstone(2), &a, 8).unwrap();
+        // Re-created without a context (a multipart upload cannot carry one): one live version.
+        s.write(&VersionVector::new(), file(3, b"y"), &a, 8).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(contents(&s), vec![b"y".to_vec()]);
+    }
+
+    #[test]
+    fn a_delete_concurrent_with_a_write_loses_to_it() {
+        // Replica 1 deletes what it read (x); replica 2 concurrently writes y over x. After the
+        // merge, y is the only thing a read shows; the context still covers the tombstone, and
+        // the next write removes it from the set.
+        let (a, b) = (actor("a"), actor("b"));
+        let mut base: SiblingSet<Sibling> = SiblingSet::new();
+        base.write(&VersionVector::new(), file(1, b"x"), &a, 8).unwrap();
+        let ctx = base.join();
+        let (mut r1, mut r2) = (base.clone(), base.clone());
+        r1.write(&ctx, Sibling::tombstone(2), &a, 8).unwrap();
+        r2.write(&ctx, file(3, b"y"), &b, 8).unwrap();
+        let mut m = SiblingSet::sync(&r1, &r2);
+        assert_eq!(m.len(), 2, "the merge keeps both: merge is the plain DVV join");
+        assert_eq!(contents(&m), vec![b"y".to_vec()]);
+        assert!(!m.is_deleted());
+        m.write(&VersionVector::new(), file(4, b"z"), &a, 8).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.live_count(), 2, "the tombstone is gone, y and z are concurrent");
+    }
+
+    #[test]
+    fn a_delete_removes_only_what_its_context_covers() {
+        let (a, b) = (actor("a"), actor("b"));
+        let mut s: SiblingSet<Sibling> = SiblingSet::new();
+        s.write(&VersionVector::new(), file(1, b"x"), &a, 8).unwrap();
+        let saw_x = s.join();
+        s.write(&VersionVector::new(), file(2, b"y"), &b, 8).unwrap();
+        assert!(s.context_covers_live(&saw_x));
+        s.write(&saw_x, Sibling::tombstone(3), &a, 8).unwrap();
+        assert_eq!(s.len(), 1, "y stays; no marker beside it");
+        assert_eq!(contents(&s), vec![b"y".to_vec()]);
+        assert!(!s.context_covers_live(&saw_x));
+    }
+
+    #[test]
+    fn tombstones_do_not_count_against_the_sibling_limit() {
+        let (a, b) = (actor("a"), actor("b"));
+        let mut r1: SiblingSet<Sibling> = SiblingSet::new();
+        r1.write(&VersionVector::new(), file(1, b"x"), &a, 1).unwrap();
+        let mut r2 = r1.clone();
+        r1.write(&r1.join(), Sibling::tombstone(2), &a, 1).unwrap();
+        r2.write(&VersionVector::new(), file(3, b"y"), &b, 2).unwrap();
+        let mut m = SiblingSet::sync(&r1, &r2);
+        assert_eq!((m.len(), m.live_count()), (2, 1));
+        // One live version, one tombstone: a blind write makes two live versions, within 2.
+        m.write(&VersionVector::new(), file(4, b"z"), &a, 2).unwrap();
+        assert_eq!((m.len(), m.live_count()), (2, 2));
+        let err = m.write(&VersionVector::new(), file(5, b"w"), &a, 2).unwrap_err();
+        assert_eq!(err, Error::TooManySiblings { count: 3, limit: 2 });
+    }
+
+    #[test]
+    fn summaries_skip_content_in_both_encodings() {
+        let (a, b) = (actor("a"), actor("b"));
+        let mut r1: SiblingSet<Sibling> = SiblingSet::new();
+        r1.write(&VersionVector::new(), file(7, &[9; 4096]), &a, 8).unwrap();
+        let mut r2 = r1.clone();
+        r1.write(&r1.join(), Sibling::tombstone(8), &a, 8).unwrap();
+        r2.write(&VersionVector::new(), file(9, b"hello"), &b, 8).unwrap();
+        let mut r3: SiblingSet<Sibling> = SiblingSet::new();
+        r3.write(&VersionVector::new(), file(10, &[1; 8192]), &actor("c"), 8).unwrap();
+        let mut m = SiblingSet::sync(&r1, &r2);
+        m.merge(&r3);
+        for bytes in [rmp_serde::to_vec(&m).unwrap(), m.to_bytes().unwrap()] {
+            let sum = SetSummary::from_bytes(&bytes).unwrap();
+            assert_eq!(sum.tombstones, 1);
+            let sizes: Vec<u64> = sum.live.iter().map(|m| m.size).collect();
+            assert_eq!(sizes, vec![5, 8192]);
+            assert_eq!(sum.live[0].timestamp_ms, 9);
+            for cut in 0..bytes.len() {
+                assert!(
+                    SetSummary::from_bytes(&bytes[..cut]).is_err(),
+                    "cut {cut} of {}",
+                    bytes.len()
+                );
+            }
+        }
     }
 
     #[test]

@@ -28,9 +28,6 @@ pub enum Error {
     /// A causal-context token from a client is malformed, oversized or inconsistent.
     #[error("invalid context token: {0}")]
     InvalidContext(String),
-    /// A sibling id (a dot, `<actor>:<counter>`) from a client is malformed.
-    #[error("invalid sibling id {0:?}: expected <node id>#<hex epoch>:<counter>")]
-    InvalidSiblingId(String),
     /// Encoded sibling-set bytes (from disk or from a peer) do not decode or break an invariant.
     #[error("corrupt sibling set: {0}")]
     CorruptSiblingSet(String),
@@ -53,10 +50,7 @@ impl Error {
     pub fn is_client_error(&self) -> bool {
         matches!(
             self,
-            Error::InvalidContext(_)
-                | Error::InvalidSiblingId(_)
-                | Error::TooManySiblings { .. }
-                | Error::InvalidNodeId { .. }
+            Error::InvalidContext(_) | Error::TooManySiblings { .. } | Error::InvalidNodeId { .. }
         )
     }
 

@@ -10,7 +10,8 @@
 //! # Layout
 //! - [`id`]: `NodeId` (validated member name) and `Actor` (node id + data-dir epoch).
 //! - [`vclock`]: `Dot` and `VersionVector` (downward-closed, JSON-renderable).
-//! - [`dvv`]: `SiblingSet`, the DVV set stored per key: update, sync, join, lww, tombstones.
+//! - [`dvv`]: `SiblingSet`, the DVV set stored per key: update, sync, join, lww, add-wins deletes;
+//!   `SetSummary` (live metadata decoded without the content).
 //! - [`context`]: the causal context as an opaque, validated client token.
 //! - [`ring`]: partitions, `key_hash`, balanced assignment, (extended) preference lists.
 //! - [`quorum`]: sloppy-quorum target planning, `WriteCoordinator`, `ReadCoordinator`, read repair.
@@ -74,7 +75,7 @@ pub mod ring;
 pub mod vclock;
 
 pub use context::Context;
-pub use dvv::{Body, Dotted, Meta, Sibling, SiblingSet};
+pub use dvv::{Body, Dotted, Meta, SetSummary, Sibling, SiblingSet};
 pub use error::{Error, Result};
 pub use hints::{Delivery, HintBook, HintEntry};
 pub use id::{Actor, NodeId};

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use cairn_replication::{Actor, Context, Dot, NodeId, SiblingSet, VersionVector};
+use cairn_replication::{Actor, Context, Dot, Meta, NodeId, Sibling, SiblingSet, VersionVector};
 use proptest::prelude::*;
 
 const REPLICAS: usize = 3;
@@ -193,5 +193,80 @@ fn oversized_and_garbage_tokens_are_clean_errors() {
     assert!(Context::from_token(&token).unwrap_err().is_client_error());
     for bad in ["%%%", "g", "gaJuMSM3/w", "wA", "kZA"] {
         assert!(Context::from_token(bad).is_err(), "{bad} accepted");
+    }
+}
+
+/// One step of a random history of file writes and deletes (see `add_wins_*` below).
+#[derive(Debug, Clone)]
+enum FileOp {
+    /// Replica `at` coordinates a write (`delete`: a tombstone) whose client read `ctx_from`.
+    Write { at: usize, ctx_from: Option<usize>, delete: bool },
+    /// Replica `to` merges replica `from`'s set.
+    Sync { from: usize, to: usize },
+}
+
+fn file_op() -> impl Strategy<Value = FileOp> {
+    prop_oneof![
+        (0..REPLICAS, proptest::option::of(0..REPLICAS), any::<bool>())
+            .prop_map(|(at, ctx_from, delete)| FileOp::Write { at, ctx_from, delete }),
+        (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| FileOp::Sync { from, to }),
+    ]
+}
+
+/// Runs a history with the add-wins client write (`SiblingSet::write`) or with the plain DVV
+/// update; then every replica merges every other.
+fn run_files(ops: &[FileOp], add_wins: bool) -> Vec<SiblingSet<Sibling>> {
+    let mut sets = vec![SiblingSet::<Sibling>::new(); REPLICAS];
+    for (v, op) in ops.iter().enumerate() {
+        match *op {
+            FileOp::Write { at, ctx_from, delete } => {
+                let ctx = ctx_from.map(|r| sets[r].join()).unwrap_or_default();
+                let value = if delete {
+                    Sibling::tombstone(v as u64)
+                } else {
+                    Sibling::bytes(Meta { timestamp_ms: v as u64, ..Meta::default() }, vec![])
+                };
+                if add_wins {
+                    sets[at].write(&ctx, value, &actor(at), usize::MAX).unwrap();
+                } else {
+                    sets[at].update(&ctx, value, &actor(at));
+                }
+            }
+            FileOp::Sync { from, to } => {
+                let src = sets[from].clone();
+                sets[to].merge(&src);
+            }
+        }
+    }
+    sets
+}
+
+fn live_dots(s: &SiblingSet<Sibling>) -> Vec<Dot> {
+    s.live().map(|d| d.dot.clone()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Removing tombstones at write time never changes what a read shows: after any history the
+    /// live siblings of every replica and of the full merge are those of plain DVV updates, and
+    /// replicas still converge.
+    #[test]
+    fn add_wins_writes_show_what_plain_updates_show(ops in prop::collection::vec(file_op(), 0..40)) {
+        let pruned = run_files(&ops, true);
+        let plain = run_files(&ops, false);
+        for (p, q) in pruned.iter().zip(&plain) {
+            prop_assert_eq!(live_dots(p), live_dots(q));
+            prop_assert_eq!(p.join(), q.join());
+        }
+        let (mp, mq) = (
+            pruned.iter().fold(SiblingSet::new(), |a, s| SiblingSet::sync(&a, s)),
+            plain.iter().fold(SiblingSet::new(), |a, s| SiblingSet::sync(&a, s)),
+        );
+        prop_assert_eq!(live_dots(&mp), live_dots(&mq));
+        prop_assert_eq!(mp.is_deleted(), mq.is_deleted());
+        for s in &pruned {
+            prop_assert_eq!(SiblingSet::sync(s, &mp), mp.clone(), "a replica's set is below the merge");
+        }
     }
 }

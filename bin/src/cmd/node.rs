@@ -7,8 +7,10 @@
 //!
 //! Start-up: data directory and actor epoch, engine (recovery), membership (libp2p), the node
 //! (hint book from the engine), the inbound request server, hinted handoff, then the HTTP API.
-//! SIGTERM or Ctrl-C: stop accepting HTTP requests and finish those in flight, stop background
-//! work, sync the engine, mark the shutdown clean, exit 0.
+//! SIGTERM or Ctrl-C: stop accepting HTTP requests and finish those in flight; wait (at most
+//! `--shutdown-timeout`) for the work they left running — hints for replicas that missed a write,
+//! read repairs — while the data plane still runs; stop handoff and membership, sync the engine,
+//! mark the shutdown clean, exit 0.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -93,6 +95,11 @@ pub struct Args {
     /// Discover peers by mDNS on the LAN (multicast on every interface) [default: false].
     #[arg(long, env = "CAIRN_MDNS")]
     pub mdns: Option<bool>,
+    /// On SIGTERM or Ctrl-C, the longest wait for work requests left running (hints for replicas
+    /// that missed a write, read repairs) before the final sync, e.g. `10s`, `500ms`
+    /// [default: 10s].
+    #[arg(long, env = "CAIRN_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<String>,
 }
 
 /// The same settings as read from the TOML file.
@@ -118,6 +125,7 @@ struct FileSettings {
     heartbeat_ms: Option<u64>,
     phi_threshold: Option<f64>,
     mdns: Option<bool>,
+    shutdown_timeout: Option<String>,
 }
 
 /// A setting that is missing or wrong: printed as one line, exit code 2.
@@ -157,6 +165,7 @@ pub struct NodeConfig {
     heartbeat: Duration,
     phi_threshold: f64,
     mdns: bool,
+    shutdown_timeout: Duration,
 }
 
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
@@ -261,7 +270,8 @@ impl NodeConfig {
             )));
         }
         let request_timeout = Duration::from_millis(
-            pick(args.request_timeout_ms, file.request_timeout_ms).unwrap_or(3000),
+            pick(args.request_timeout_ms, file.request_timeout_ms)
+                .unwrap_or(cairn_node::node::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64),
         );
         if request_timeout < Duration::from_millis(10) {
             return Err(bad("--request-timeout-ms must be at least 10"));
@@ -276,6 +286,11 @@ impl NodeConfig {
             return Err(bad("--phi-threshold must be a positive number"));
         }
         let mdns = pick(args.mdns, file.mdns).unwrap_or(false);
+        let shutdown_timeout = match pick(args.shutdown_timeout, file.shutdown_timeout) {
+            Some(raw) => crate::cmd::bench::parse_duration(&raw)
+                .map_err(|e| bad(format!("--shutdown-timeout: {e}")))?,
+            None => cairn_node::node::DEFAULT_SHUTDOWN_TIMEOUT,
+        };
         Ok(NodeConfig {
             id,
             data_dir,
@@ -295,6 +310,7 @@ impl NodeConfig {
             heartbeat,
             phi_threshold,
             mdns,
+            shutdown_timeout,
         })
     }
 }
@@ -400,7 +416,24 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
         .await
         .context("serving HTTP")?;
 
-    tracing::info!("shutting down: HTTP closed, stopping background work");
+    // Work that answered requests left running (hints for replicas that missed a write, read
+    // repairs) still needs the data plane: it finishes before membership stops.
+    let running = node.background.running();
+    if running > 0 {
+        tracing::info!(
+            tasks = running,
+            timeout = ?cfg.shutdown_timeout,
+            "shutting down: HTTP closed, finishing hints and read repairs in flight"
+        );
+    }
+    let abandoned = node.background.drain(cfg.shutdown_timeout).await;
+    if abandoned > 0 {
+        tracing::warn!(
+            tasks = abandoned,
+            "shutdown timeout: abandoning background work (replicas catch up by read repair)"
+        );
+    }
+    tracing::info!("shutting down: stopping background work");
     let _ = shutdown_tx.send(true);
     let _ = handoff_task.await;
     membership.shutdown().await;

@@ -31,6 +31,11 @@ impl From<NodeError> for ApiError {
         match e {
             NodeError::NoSuchBucket(b) => ApiError::NoSuchBucket(b),
             NodeError::BucketAlreadyExists(b) => ApiError::BucketAlreadyExists(b),
+            NodeError::NoSuchKey { name, context } => ApiError::NoSuchKey {
+                name,
+                context: (!context.is_empty()).then_some(Context(context)),
+            },
+            e @ NodeError::StaleContext { .. } => ApiError::StaleContext(e.to_string()),
             e @ NodeError::TooManySiblings { .. } => ApiError::TooManySiblings(e.to_string()),
             NodeError::InvalidQuorum(m) => ApiError::InvalidArgument(m),
             NodeError::WriteQuorum { acked, required, node, context, report } => {
@@ -99,6 +104,20 @@ impl<T: Transport> NodeBackend<T> {
         }
     }
 
+    /// A node error as the API shows it; a failed read quorum names this node as coordinator.
+    fn read_error(&self, e: NodeError) -> ApiError {
+        match e {
+            NodeError::ReadQuorum { answered, required, report } => {
+                ApiError::ReadQuorumNotReached {
+                    message: format!("{answered} of {required} required replicas answered"),
+                    node: self.node.id().to_string(),
+                    report,
+                }
+            }
+            e => e.into(),
+        }
+    }
+
     async fn write(&self, req: WriteRequest, meta: Meta) -> Result<WriteResult, ApiError> {
         let outcome = self.node.write(req).await?;
         Ok(WriteResult {
@@ -142,9 +161,10 @@ impl<T: Transport> Backend for NodeBackend<T> {
 
     async fn list_files(&self, req: ListFiles) -> Result<FileList, ApiError> {
         let info = self.live_bucket(&req.bucket).await?;
-        let (entries, more) =
+        let listing =
             self.node.list_files(&info, &req.prefix, req.cursor.as_deref(), req.limit).await?;
-        let next_cursor = if more { entries.last().map(|e| e.name.clone()) } else { None };
+        let entries = listing.entries;
+        let next_cursor = if listing.more { entries.last().map(|e| e.name.clone()) } else { None };
         let files = entries
             .into_iter()
             .filter_map(|e| {
@@ -152,7 +172,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
                 Some(FileEntry { name, meta: e.meta, versions: e.versions })
             })
             .collect();
-        Ok(FileList { files, next_cursor })
+        Ok(FileList { files, next_cursor, missing: listing.missing })
     }
 
     async fn put_object(&self, req: PutObject) -> Result<WriteResult, ApiError> {
@@ -180,17 +200,24 @@ impl<T: Transport> Backend for NodeBackend<T> {
         let info = self.live_bucket(&req.bucket).await?;
         let ts = now_ms();
         let meta = Meta { timestamp_ms: ts, ..Meta::default() };
-        let overwrite = req.context.is_none();
-        let wr = WriteRequest {
-            key: Self::key(&info, &req.name),
-            op: WriteOp::Delete { timestamp_ms: ts },
-            context: req.context.map(|c| c.0),
-            overwrite,
-            w: req.w.unwrap_or(self.node.settings.w),
-            lww: info.policy == ConflictPolicy::Lww,
-            excluded: Vec::new(),
-        };
-        self.write(wr, meta).await
+        let node = Arc::clone(&self.node);
+        let outcome = node
+            .delete(
+                Self::key(&info, &req.name),
+                req.context.map(|c| c.0),
+                req.w.unwrap_or(self.node.settings.w),
+                info.policy == ConflictPolicy::Lww,
+                ts,
+            )
+            .await
+            .map_err(|e| self.read_error(e))?;
+        Ok(WriteResult {
+            node: outcome.node,
+            dot: outcome.dot,
+            meta,
+            context: Context(outcome.context),
+            report: outcome.report,
+        })
     }
 
     async fn get_object(&self, req: GetObject) -> Result<ReadResult, ApiError> {
@@ -199,17 +226,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
         let r = req.r.unwrap_or(self.node.settings.r);
         let lww = info.policy == ConflictPolicy::Lww;
         let node = Arc::clone(&self.node);
-        let outcome = match node.read(key, r, lww, req.local).await {
-            Ok(o) => o,
-            Err(NodeError::ReadQuorum { answered, required, report }) => {
-                return Err(ApiError::ReadQuorumNotReached {
-                    message: format!("{answered} of {required} required replicas answered"),
-                    node: self.node.id().to_string(),
-                    report,
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let outcome = node.read(key, r, lww, req.local).await.map_err(|e| self.read_error(e))?;
         let report = match outcome.report {
             Some(r) => r,
             None => {

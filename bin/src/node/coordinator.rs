@@ -65,6 +65,18 @@ pub struct ReadOutcome {
     pub report: Option<ReadReport>,
 }
 
+/// One page of a bucket listing.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// Live objects, in name order.
+    pub entries: Vec<ListEntry>,
+    /// Whether more may follow (some member had a full page).
+    pub more: bool,
+    /// Members that did not answer (unreachable or failed): objects only they hold may be
+    /// missing from the page.
+    pub missing: Vec<String>,
+}
+
 /// What a bucket create or delete did.
 #[derive(Debug, Clone, Serialize)]
 pub struct BucketOutcome {
@@ -251,17 +263,17 @@ impl<T: Transport> Node<T> {
         Ok(outcome)
     }
 
-    /// Live objects of a bucket, merged from every reachable member, in name order. The second
-    /// value says whether more may follow (some member had a full page).
+    /// Live objects of a bucket, merged from every reachable member, in name order.
     pub async fn list_files(
         self: &Arc<Self>,
         bucket: &BucketInfo,
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<ListEntry>, bool), NodeError> {
+    ) -> Result<Listing, NodeError> {
         let limit = limit.clamp(1, MAX_LIST_LIMIT);
         let mut calls = tokio::task::JoinSet::new();
+        let mut missing: BTreeSet<NodeId> = self.settings.members.iter().cloned().collect();
         for m in self.reachable() {
             let node = Arc::clone(self);
             let req = Request::List {
@@ -271,13 +283,26 @@ impl<T: Transport> Node<T> {
                 start_after: start_after.map(str::to_owned),
                 limit: limit as u32,
             };
-            calls.spawn(async move { node.list_at(&m, req).await });
+            calls.spawn(async move {
+                let r = node.list_at(&m, req).await;
+                (m, r)
+            });
         }
         let mut merged: BTreeMap<String, ListEntry> = BTreeMap::new();
         let mut answered = 0;
         let mut full_page = false;
         while let Some(joined) = calls.join_next().await {
-            let Ok(Ok(part)) = joined else { continue };
+            let part = match joined {
+                Ok((m, Ok(part))) => {
+                    missing.remove(&m);
+                    part
+                }
+                Ok((m, Err(e))) => {
+                    tracing::debug!(member = %m, error = %e, "a member did not answer a listing");
+                    continue;
+                }
+                Err(e) => return Err(NodeError::Internal(format!("listing task: {e}"))),
+            };
             answered += 1;
             full_page |= part.len() >= limit;
             for e in part {
@@ -298,7 +323,11 @@ impl<T: Transport> Node<T> {
             return Err(NodeError::Unavailable("no member answered the listing".into()));
         }
         let more = full_page || merged.len() > limit;
-        Ok((merged.into_values().take(limit).collect(), more))
+        Ok(Listing {
+            entries: merged.into_values().take(limit).collect(),
+            more,
+            missing: missing.into_iter().map(|m| m.to_string()).collect(),
+        })
     }
 
     async fn list_at(
@@ -372,6 +401,46 @@ impl<T: Transport> Node<T> {
         Err(NodeError::Unavailable("every candidate coordinator failed".into()))
     }
 
+    /// A client delete of `key`, received by this node (add-wins: it removes what it saw).
+    ///
+    /// A quorum read comes first: a key with no live version answers `NoSuchKey` and stores
+    /// nothing (a delete of a missing key must not grow every replica's keydir), and a client
+    /// `context` that covers none of the live versions answers `StaleContext` (the object changed
+    /// since it was read; deleting would remove nothing a reader sees). Otherwise the tombstone is
+    /// written like any write: under the client's context, or, without one, under the read's
+    /// history merged with everything the coordinator holds, so it removes every version the
+    /// read showed. A write concurrent with the delete survives it.
+    pub async fn delete(
+        self: &Arc<Self>,
+        key: ObjectKey,
+        context: Option<VersionVector>,
+        w: usize,
+        lww: bool,
+        timestamp_ms: u64,
+    ) -> Result<WriteOutcome, NodeError> {
+        let read = self.read(key.clone(), self.settings.r, lww, false).await?;
+        if read.set.is_deleted() {
+            return Err(NodeError::NoSuchKey { name: key.name, context: read.set.join() });
+        }
+        if let Some(ctx) = &context
+            && !lww
+            && !read.set.context_covers_live(ctx)
+        {
+            return Err(NodeError::StaleContext { live: read.set.live_count() });
+        }
+        let overwrite = context.is_none();
+        let req = WriteRequest {
+            key,
+            op: WriteOp::Delete { timestamp_ms },
+            context: Some(context.unwrap_or_else(|| read.set.join())),
+            overwrite,
+            w,
+            lww,
+            excluded: Vec::new(),
+        };
+        self.write(req).await
+    }
+
     /// Coordinates a write forwarded by another node (which skipped `req.excluded`).
     pub async fn coordinate_forwarded(
         self: &Arc<Self>,
@@ -428,9 +497,19 @@ impl<T: Transport> Node<T> {
             .blocking(move |s| {
                 let mut dot = None;
                 let (set, mut pending) = s.coordinate(&key, |set| {
-                    let ctx =
-                        if overwrite || lww { set.join() } else { context.unwrap_or_default() };
-                    dot = Some(set.update_limited(&ctx, value, &actor, max)?);
+                    // Overwrite: everything this coordinator holds, plus what the request's
+                    // context covers (a delete without a client context carries its quorum
+                    // read's).
+                    let ctx = if overwrite || lww {
+                        let mut c = set.join();
+                        if let Some(read) = &context {
+                            c.merge(read);
+                        }
+                        c
+                    } else {
+                        context.unwrap_or_default()
+                    };
+                    dot = Some(set.write(&ctx, value, &actor, max)?);
                     if lww {
                         set.resolve_lww();
                     } else if set.len() > max / 2 {
@@ -519,7 +598,7 @@ impl<T: Transport> Node<T> {
         let (done_tx, done_rx) = oneshot::channel::<WriteReport>();
         let node = Arc::clone(self);
         let key = req.key.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let mut done_tx = Some(done_tx);
             // Once decided, the answer waits a short grace for the remaining targets, so that
             // in the common case (all replicas answer within moments) it reports every replica.
@@ -648,7 +727,7 @@ impl<T: Transport> Node<T> {
         let speculate_at = Instant::now() + self.settings.read_speculate;
         let (done_tx, done_rx) = oneshot::channel::<(SiblingSet, ReadReport)>();
         let node = Arc::clone(self);
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let mut done_tx = Some(done_tx);
             let mut speculated = false;
             loop {

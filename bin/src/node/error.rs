@@ -9,6 +9,23 @@ pub enum NodeError {
     /// The bucket does not exist (or was deleted).
     #[error("bucket {0} does not exist")]
     NoSuchBucket(String),
+    /// The object has no live version (never written, or deleted); `context` covers its
+    /// delete markers, if any.
+    #[error("object {name} does not exist")]
+    NoSuchKey {
+        /// The object name.
+        name: String,
+        /// The history of the key as read (empty when it was never written).
+        context: cairn_replication::VersionVector,
+    },
+    /// A delete's context covers none of the object's live versions.
+    #[error(
+        "none of the object's {live} live version(s) is covered by the context: it changed since it was read; read it again and delete with the new context"
+    )]
+    StaleContext {
+        /// Live versions the read found.
+        live: usize,
+    },
     /// The bucket exists already.
     #[error("bucket {0} already exists")]
     BucketAlreadyExists(String),
@@ -83,6 +100,8 @@ impl NodeError {
     pub fn code(&self) -> &'static str {
         match self {
             NodeError::NoSuchBucket(_) => "NoSuchBucket",
+            NodeError::NoSuchKey { .. } => "NoSuchKey",
+            NodeError::StaleContext { .. } => "StaleContext",
             NodeError::BucketAlreadyExists(_) => "BucketAlreadyExists",
             NodeError::TooManySiblings { .. } => "TooManySiblings",
             NodeError::InvalidQuorum(_) => "InvalidArgument",

@@ -40,6 +40,9 @@ use store::Store;
 
 /// Default bound on one coordinated request (all replicas' answers).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default longest wait, on a graceful stop, for the background work requests started (hints
+/// for replicas that missed a write, read repairs).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default most concurrent versions of one object.
 pub const DEFAULT_MAX_SIBLINGS: usize = 64;
 /// Default wait for R answers before a read also asks the replicas it held back.
@@ -97,6 +100,67 @@ pub struct Node<T: Transport> {
     pub metrics: metrics::Metrics,
     /// Reads coordinated so far (picks the reads that ask all N, see [`Settings`]).
     read_seq: std::sync::atomic::AtomicU64,
+    /// The work requests leave running after their answer (a write's tail that stores hints for
+    /// the replicas that missed it, a read's repairs): a graceful stop waits for it.
+    pub background: Arc<Background>,
+}
+
+/// Tracks the tasks a request leaves running after it answered, so that a graceful stop can
+/// wait for them instead of dropping the hints and repairs they were about to store.
+///
+/// A counter and a [`tokio::sync::Notify`] rather than a `JoinSet`: tasks are spawned from any
+/// request handler through `&self`, and nothing needs their results, only their end.
+#[derive(Debug, Default)]
+pub struct Background {
+    /// Tasks spawned and not finished.
+    running: std::sync::atomic::AtomicUsize,
+    /// Woken each time a task finishes; waited on by [`Background::drain`].
+    finished: tokio::sync::Notify,
+}
+
+/// Decrements the count when the task ends, also if it panics or is cancelled.
+struct RunningGuard<'a>(&'a Background);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.finished.notify_waiters();
+    }
+}
+
+impl Background {
+    /// Spawns `fut` on the runtime, counted until it ends.
+    pub fn spawn<F>(self: &Arc<Self>, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let _guard = RunningGuard(&me);
+            fut.await;
+        });
+    }
+
+    /// Tasks still running.
+    pub fn running(&self) -> usize {
+        self.running.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until no task runs, at most `timeout`; returns how many were still running.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.finished.notified();
+            let running = self.running();
+            if running == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.running();
+            }
+        }
+    }
 }
 
 impl<T: Transport> Node<T> {
@@ -129,6 +193,7 @@ impl<T: Transport> Node<T> {
             hints: Mutex::new(book),
             metrics: metrics::Metrics::default(),
             read_seq: std::sync::atomic::AtomicU64::new(0),
+            background: Arc::new(Background::default()),
         }))
     }
 

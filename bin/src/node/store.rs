@@ -8,13 +8,13 @@
 use std::sync::Arc;
 
 use cairn_engine::{Engine, Keyspace, Pending, Update, UpdateOutcome};
-use cairn_replication::{Sibling, SiblingSet, VersionVector};
+use cairn_replication::{SetSummary, SiblingSet, VersionVector};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::node::buckets::BucketEntry;
 use crate::node::error::NodeError;
-use crate::node::keys::{HintKey, ObjectKey, owner_prefix};
+use crate::node::keys::{HintKey, ObjectKey};
 use crate::node::messages::ListEntry;
 
 /// Most hints read for one owner in one delivery round.
@@ -264,11 +264,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Number of hints held for `owner` (from the engine's keydir, no value reads).
-    pub fn hint_count(&self, owner: &str) -> usize {
-        self.engine.keys_with_prefix(Keyspace::Hint, &owner_prefix(owner), None, usize::MAX).len()
-    }
-
     /// The hinted object set held for (`owner`, `key`).
     pub fn hinted_object(
         &self,
@@ -395,17 +390,15 @@ impl Store {
             cursor = Some(last.clone());
             let exhausted = page.len() < want;
             for (k, v) in page {
-                let set: SiblingSet = decode_set(&v)?;
-                let live: Vec<&Sibling> = set.values().filter(|s| !s.is_tombstone()).collect();
-                let Some(newest) = live.iter().max_by_key(|s| s.meta.timestamp_ms) else {
+                // Metadata only: the content stays in the mapping, never decoded or copied.
+                let summary = SetSummary::from_bytes(&v)
+                    .map_err(|e| NodeError::Corrupt(format!("stored sibling set: {e}")))?;
+                let versions = summary.live.len();
+                let Some(newest) = summary.live.into_iter().max_by_key(|m| m.timestamp_ms) else {
                     continue;
                 };
                 if let Some(key) = ObjectKey::decode(&k) {
-                    entries.push(ListEntry {
-                        name: key.name,
-                        meta: newest.meta.clone(),
-                        versions: live.len(),
-                    });
+                    entries.push(ListEntry { name: key.name, meta: newest, versions });
                     if entries.len() == limit {
                         break;
                     }

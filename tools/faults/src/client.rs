@@ -3,7 +3,9 @@
 //!
 //! Every request has its own timeout (the reqwest client's), so no operation outlives it. A read
 //! resolves siblings the way an application must: on 300 it fetches every live sibling with
-//! `?sibling=ID` and returns all their contents with the context of the 300 answer.
+//! `?sibling=ID` and returns all their contents with the context of the 300 answer. Under the
+//! node's add-wins deletes a read never lists a delete marker (markers alone are a 404 whose
+//! context covers them); a marker a node lists anyway is counted, for the checker to flag.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -33,7 +35,7 @@ pub struct Read {
     pub context: Option<String>,
     /// The elements of every live sibling.
     pub live: Vec<BTreeSet<String>>,
-    /// Delete markers among the siblings.
+    /// Delete markers listed among the siblings (add-wins: a conforming node lists none).
     pub delete_markers: usize,
 }
 
@@ -50,7 +52,9 @@ fn transport_outcome(e: &reqwest::Error) -> Outcome {
     if e.is_connect() && !e.is_timeout() { Outcome::Failed } else { Outcome::Indeterminate }
 }
 
-/// Classifies the status of a write or delete.
+/// Classifies the status of a write or delete: 2xx acknowledged; 4xx refused before anything was
+/// stored (a 404 to a DELETE: the key had no live version, and the node stored nothing); 5xx
+/// (503 included) may or may not have been applied.
 fn status_outcome(s: StatusCode) -> Outcome {
     if s.is_success() {
         Outcome::Ok
@@ -196,7 +200,8 @@ impl Client {
         Ok((s, r.json::<Value>().await.unwrap_or(Value::Null)))
     }
 
-    /// DELETE with the context; classifies the result.
+    /// DELETE with the context; classifies the result (404 NoSuchKey, nothing live to delete:
+    /// `Failed`, nothing was stored).
     pub async fn delete(&self, node: &str, key: &str, context: Option<&str>) -> Outcome {
         let mut req = self.http.delete(self.object_url(node, key, ""));
         if let Some(c) = context {
@@ -249,6 +254,13 @@ mod tests {
         assert_eq!(status_outcome(StatusCode::CONFLICT), Outcome::Failed);
         assert_eq!(status_outcome(StatusCode::SERVICE_UNAVAILABLE), Outcome::Indeterminate);
         assert_eq!(status_outcome(StatusCode::INTERNAL_SERVER_ERROR), Outcome::Indeterminate);
+    }
+
+    #[test]
+    fn a_404_to_a_delete_is_certainly_not_applied() {
+        // Add-wins: a DELETE of a key with no live version answers 404 and stores nothing.
+        assert_eq!(status_outcome(StatusCode::NOT_FOUND), Outcome::Failed);
+        assert_eq!(status_outcome(StatusCode::NO_CONTENT), Outcome::Ok);
     }
 
     #[test]

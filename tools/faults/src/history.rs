@@ -9,32 +9,68 @@
 //! al. 2007, section 4.4); for a unique key or a re-create after a delete, nothing was live, so
 //! `[e]`. Each operation records what its read *saw* (the union of the live siblings' elements,
 //! whose versions its causal context covers), the element it wrote (none, for a delete) and its
-//! outcome: `Ok` (acknowledged), `Failed` (certainly not applied:
-//! refused before anything was stored, or never sent) or `Indeterminate` (timed out, 503, 5xx,
-//! connection lost mid-request: may or may not be applied, may surface later).
+//! outcome: `Ok` (acknowledged), `Failed` (certainly not applied: refused before anything was
+//! stored, such as a 404 to a DELETE of a key with nothing live, or never sent) or
+//! `Indeterminate` (timed out, 503, 5xx, connection lost mid-request: may or may not be applied,
+//! may surface later).
+//!
+//! DELETES (add-wins)
+//! ==================
+//! The node resolves a delete against concurrent writes with the add-wins rule of the OR-set
+//! (the shopping cart): a delete carrying a context removes exactly the versions that context
+//! covers; a write whose version the context does not cover (concurrent with the delete, or
+//! later) survives it. A read never lists a delete marker: a key whose siblings are live versions
+//! and markers shows only the live versions (200, or 300 with live siblings only); markers alone
+//! (or nothing) are a 404 NoSuchKey, whose context still covers the markers (the re-create
+//! writes with it). A DELETE of a key with no live version answers 404 and stores nothing: the
+//! client records it as `Failed`. The harness always deletes with the context of its read, so
+//! what a delete removes is what its `saw` describes (a delete without context removes what the
+//! node's own quorum read shows, which no `saw` records: the workload never sends one).
+//!
+//! Two facts carry the checks below. (1) Elements are unique per write and a version's content
+//! always contains its writer's element. (2) Contents only grow along descent: a write stores
+//! everything its read saw, so a version written by a write that read version `V` (or a
+//! descendant of it) contains all of `V`'s content, and the only versions holding an element are
+//! its writer's and their descendants. Hence a delete `D` whose `saw` holds `V`'s writer's
+//! element read `V` or a version descending from it, and `D`'s context covers `V`'s dot.
 //!
 //! CHECKS
 //! ======
-//! After healing, every key is read from every node; each view is the list of sibling contents.
+//! After healing, every key is read from every node; each view is the list of live sibling
+//! contents (plus any delete markers the node listed, which it must not).
 //! For each key and view:
 //! - **lost**: an acknowledged element is absent, and no operation that may have been applied
 //!   (`Ok` or `Indeterminate`) saw it and dropped it: a delete whose context covered it (writes
 //!   carry forward everything they saw). Such a drop is legitimate supersession; any other
 //!   absence is a lost write. This is what the `lww` control must trip: last-writer-wins
-//!   drops concurrent writes that nobody saw.
-//! - **phantom**: a visible element that no operation ever wrote; **failed visible**: a visible
+//!   drops concurrent writes that nobody saw (and lets a later delete drop a concurrent write).
+//!   Add-wins changes nothing here: a delete still removes only versions its context covers,
+//!   and the elements a delete saw are excused only as elements; a write concurrent with the
+//!   delete that carried them forward is checked through its own element, which the delete did
+//!   not see, so if that write's version vanished its element is reported lost.
+//! - **phantom**: a visible element that no operation ever wrote, or a live version with no
+//!   element at all (every write stores its own element); **failed visible**: a visible
 //!   element whose write was reported as certainly not applied.
-//! - **resurrected**: a visible element that an *acknowledged* delete saw (its tombstone's context
-//!   covered the element's version, so no merge may bring it back).
-//! - **siblings**: versions in one view (live and delete markers) must not exceed the number of
-//!   truly concurrent operations: writes that may have been applied and whose element no
-//!   acknowledged operation saw (the maximal writes of the causal order; an indeterminate
-//!   operation may not have been applied, so what it saw may stay maximal), plus the deletes that
-//!   may have been applied (each can leave one marker). This is the DVV bound: a version can only
-//!   survive if no context covered it. It is not the number of clients: under a sloppy quorum a
-//!   client's read can miss its own acknowledged write (the read and write sets need not overlap),
-//!   so one client's two writes can be concurrent. Two live versions with the same content (one
-//!   write stored twice, under two dots) are flagged as well.
+//! - **resurrected**: a visible version (one live sibling, content `C`) such that some
+//!   *acknowledged* delete `D` has `C ⊆ D.saw`. By (1) and (2) `D` then read that version or one
+//!   descending from it, so `D`'s context covered the version's dot and no merge may bring it
+//!   back. A visible version holding an element `x ∉ D.saw` is not covered by what `D` read: had
+//!   `D` read the version or a descendant, `D.saw` would contain all of `C` by (2). Its writer
+//!   (the writer of `x`, or a write that carried `x` forward) is concurrent with `D` or later,
+//!   and its version survives by add-wins, even when it carries elements `D` saw and deleted.
+//!   (A version `D`'s context covered only through a marker `D` read is not recognised: the
+//!   rule can miss a resurrection, never invent one.)
+//! - **markers shown**: a view listing a delete marker. Under add-wins no read shows one.
+//! - **siblings**: live versions in one view must not exceed the number of truly concurrent
+//!   operations: writes that may have been applied and whose element no acknowledged operation
+//!   saw (the maximal writes of the causal order; an indeterminate operation may not have been
+//!   applied, so what it saw may stay maximal). Deletes add nothing: their markers are never
+//!   shown, and the versions that survive a delete are writes no context covered, which the
+//!   bound counts already. This is the DVV bound: a version can only survive if no context
+//!   covered it. It is not the number of clients: under a sloppy quorum a client's read can
+//!   miss its own acknowledged write (the read and write sets need not overlap), so one
+//!   client's two writes can be concurrent. Two live versions with the same content (one write
+//!   stored twice, under two dots) are flagged as well.
 //! - Indeterminate elements are counted as present (in any view) or absent; both are allowed.
 //!
 //! A view that could not be read at all is counted as *unreadable*: the run then cannot prove
@@ -87,15 +123,15 @@ pub struct Op {
 /// One node's final view of one key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum View {
-    /// Versions found: the content of each live sibling, and the number of delete markers among
-    /// the siblings (a delete concurrent with a write).
+    /// Versions found: the content of each live sibling, and the number of delete markers the
+    /// node listed among the siblings (add-wins: none; a listed marker is a finding).
     Found {
         /// Elements of each live version.
         live: Vec<BTreeSet<String>>,
         /// Delete markers listed as siblings.
         delete_markers: usize,
     },
-    /// 404: never written, or deleted.
+    /// 404: never written, or only delete markers left.
     NotFound,
     /// The key could not be read (error text).
     Unreadable(String),
@@ -108,7 +144,8 @@ pub struct Finding {
     pub key: String,
     /// Node whose view showed it.
     pub node: String,
-    /// The element concerned (empty for sibling counts and unreadable views).
+    /// The element concerned (for a resurrected version, its elements comma-separated; empty
+    /// for sibling counts, markers shown and unreadable views).
     pub elem: String,
     /// What is wrong.
     pub what: String,
@@ -123,15 +160,17 @@ pub struct Verdict {
     pub acknowledged: usize,
     /// (key, element) pairs lost, counted once even when several views miss them.
     pub lost: usize,
-    /// Elements visible that were never written.
+    /// Elements visible that were never written, and live versions with no element.
     pub phantom: usize,
     /// Elements visible whose write was reported as certainly not applied.
     pub failed_visible: usize,
-    /// Elements visible after an acknowledged delete that saw them.
+    /// Visible versions (counted per view) whose whole content an acknowledged delete saw.
     pub resurrected: usize,
+    /// Views listing a delete marker (add-wins reads never show one).
+    pub markers_shown: usize,
     /// Views with more versions than the bound allows.
     pub sibling_excess: usize,
-    /// Largest number of versions in one view.
+    /// Largest number of live versions in one view.
     pub max_versions: usize,
     /// Views that could not be read.
     pub unreadable: usize,
@@ -147,13 +186,14 @@ pub struct Verdict {
 pub const MAX_FINDINGS: usize = 200;
 
 impl Verdict {
-    /// True when nothing was lost, nothing unexpected appeared, no view held more versions than
-    /// its bound and every view was readable.
+    /// True when nothing was lost, nothing unexpected appeared, no view showed a delete marker
+    /// or held more versions than its bound, and every view was readable.
     pub fn passed(&self) -> bool {
         self.lost == 0
             && self.phantom == 0
             && self.failed_visible == 0
             && self.resurrected == 0
+            && self.markers_shown == 0
             && self.sibling_excess == 0
             && self.unreadable == 0
     }
@@ -177,20 +217,25 @@ struct KeyFacts {
     written: BTreeMap<String, Outcome>,
     /// Elements some possibly-applied operation saw and did not carry forward.
     dropped: BTreeSet<String>,
-    /// Elements an acknowledged delete saw.
-    deleted_acked: BTreeSet<String>,
+    /// What each acknowledged delete saw.
+    acked_deletes: Vec<BTreeSet<String>>,
     /// Elements of writes that may have been applied (acknowledged or indeterminate).
     maybe_applied: BTreeSet<String>,
-    /// Elements some possibly-applied operation saw (so they are not maximal).
+    /// Elements some acknowledged operation saw (so they are not maximal).
     seen_later: BTreeSet<String>,
-    /// Deletes that may have been applied.
-    deletes: usize,
 }
 
 impl KeyFacts {
-    /// The most versions DVV sets may keep for this key: maximal writes plus delete markers.
+    /// The most live versions DVV sets may keep for this key: the maximal writes (delete markers
+    /// are never shown under add-wins).
     fn sibling_bound(&self) -> usize {
-        self.maybe_applied.difference(&self.seen_later).count() + self.deletes
+        self.maybe_applied.difference(&self.seen_later).count()
+    }
+
+    /// True when an acknowledged delete saw all of `version` (its context covered the version:
+    /// see the module doc), so the version must not be visible.
+    fn deleted_by_an_acked_delete(&self, version: &BTreeSet<String>) -> bool {
+        !version.is_empty() && self.acked_deletes.iter().any(|saw| version.is_subset(saw))
     }
 }
 
@@ -208,22 +253,19 @@ pub fn check(ops: &[Op], views: &BTreeMap<String, BTreeMap<String, View>>) -> Ve
         if op.outcome == Outcome::Ok {
             f.seen_later.extend(op.saw.iter().cloned());
         }
-        if op.outcome != Outcome::Failed {
-            match &op.kind {
-                OpKind::Write { elem } => {
-                    f.maybe_applied.insert(elem.clone());
-                }
-                OpKind::Delete => f.deletes += 1,
-            }
-        }
         match &op.kind {
             // A write carries forward everything it saw: it drops nothing.
             OpKind::Write { elem } => {
                 f.written.insert(elem.clone(), op.outcome);
+                if op.outcome != Outcome::Failed {
+                    f.maybe_applied.insert(elem.clone());
+                }
             }
+            // A delete with a context removes exactly the versions it covers (add-wins); a
+            // failed one (a 404 to a key with nothing live, say) stored nothing.
             OpKind::Delete => {
                 if op.outcome == Outcome::Ok {
-                    f.deleted_acked.extend(op.saw.iter().cloned());
+                    f.acked_deletes.push(op.saw.clone());
                 }
                 if op.outcome != Outcome::Failed {
                     f.dropped.extend(op.saw.iter().cloned());
@@ -253,7 +295,11 @@ pub fn check(ops: &[Op], views: &BTreeMap<String, BTreeMap<String, View>>) -> Ve
                     continue;
                 }
             };
-            let versions = live.len() + markers;
+            if markers > 0 {
+                v.markers_shown += 1;
+                v.note(key, node, "", &format!("{markers} delete markers shown (add-wins: none)"));
+            }
+            let versions = live.len();
             v.max_versions = v.max_versions.max(versions);
             if versions > bound {
                 v.sibling_excess += 1;
@@ -263,6 +309,21 @@ pub fn check(ops: &[Op], views: &BTreeMap<String, BTreeMap<String, View>>) -> Ve
             if distinct.len() < live.len() {
                 v.sibling_excess += 1;
                 v.note(key, node, "", "two versions with the same content (a write stored twice)");
+            }
+            for version in live {
+                if version.is_empty() {
+                    v.phantom += 1;
+                    v.note(key, node, "", "a live version with no element (no write stores one)");
+                } else if f.deleted_by_an_acked_delete(version) {
+                    v.resurrected += 1;
+                    let elems: Vec<&str> = version.iter().map(String::as_str).collect();
+                    v.note(
+                        key,
+                        node,
+                        &elems.join(","),
+                        "version visible after an acknowledged delete that saw all of it",
+                    );
+                }
             }
             let visible: BTreeSet<&str> = live.iter().flatten().map(String::as_str).collect();
             for e in &visible {
@@ -277,10 +338,6 @@ pub fn check(ops: &[Op], views: &BTreeMap<String, BTreeMap<String, View>>) -> Ve
                         v.note(key, node, e, "visible but its write certainly failed");
                     }
                     Some(_) => {}
-                }
-                if f.deleted_acked.contains(*e) {
-                    v.resurrected += 1;
-                    v.note(key, node, e, "visible after an acknowledged delete that saw it");
                 }
             }
             for (e, outcome) in &f.written {
@@ -372,6 +429,7 @@ mod tests {
 
     #[test]
     fn deletes_that_saw_a_value_may_drop_it_but_it_must_not_come_back() {
+        // Delete, then re-create (the re-create's read saw nothing live).
         let ops = vec![
             write(0, "dr", "a", &[], Outcome::Ok),
             delete(0, "dr", &["a"], Outcome::Ok),
@@ -380,9 +438,117 @@ mod tests {
         assert!(check(&ops, &views("dr", &[found(&[&["b"]])])).passed());
         let back = check(&ops, &views("dr", &[found(&[&["a"], &["b"]])]));
         assert_eq!(back.resurrected, 1, "{back:?}");
+        assert_eq!(back.findings.iter().filter(|f| f.elem == "a").count(), 1, "{back:?}");
         assert!(!back.passed());
         let gone = check(&ops, &views("dr", &[View::NotFound]));
         assert_eq!(gone.lost, 1, "b was acknowledged after the delete: {gone:?}");
+        // A delete that may not have been applied drops nothing for sure: `a` may stay.
+        let mut maybe = ops.clone();
+        maybe[1].outcome = Outcome::Indeterminate;
+        let kept = check(&maybe, &views("dr", &[found(&[&["a"], &["b"]])]));
+        assert_eq!(kept.resurrected, 0, "{kept:?}");
+    }
+
+    #[test]
+    fn a_write_concurrent_with_a_delete_survives_with_what_it_carried_forward() {
+        // c0 and c1 both read {a}; c0 deletes it, c1 writes {a, w}: the delete's context does not
+        // cover c1's version, so add-wins keeps it, `a` included.
+        let ops = vec![
+            write(0, "k", "a", &[], Outcome::Ok),
+            delete(0, "k", &["a"], Outcome::Ok),
+            write(1, "k", "w", &["a"], Outcome::Ok),
+        ];
+        let v = check(&ops, &views("k", &[found(&[&["a", "w"]]), found(&[&["a", "w"]])]));
+        assert_eq!(v.resurrected, 0, "{v:?}");
+        assert!(v.passed(), "{v:?}");
+        // The surviving write must not vanish with the delete: `w` was not seen by it.
+        let dropped = check(&ops, &views("k", &[View::NotFound]));
+        assert_eq!(dropped.lost, 1, "{dropped:?}");
+        assert_eq!(dropped.findings[0].elem, "w");
+        // `a`'s own version must not come back beside it (and it is one version too many).
+        let both = check(&ops, &views("k", &[found(&[&["a"], &["a", "w"]])]));
+        assert_eq!((both.resurrected, both.sibling_excess), (1, 1), "{both:?}");
+    }
+
+    #[test]
+    fn a_version_a_delete_saw_whole_is_resurrected_when_visible() {
+        // b carried a forward; the delete read {a, b} and no later write exists.
+        let ops = vec![
+            write(0, "k", "a", &[], Outcome::Ok),
+            write(1, "k", "b", &["a"], Outcome::Ok),
+            delete(2, "k", &["a", "b"], Outcome::Ok),
+        ];
+        assert!(check(&ops, &views("k", &[View::NotFound])).passed());
+        let back = check(&ops, &views("k", &[found(&[&["a", "b"]]), View::NotFound]));
+        assert_eq!(back.resurrected, 1, "{back:?}");
+        assert!(!back.passed());
+        // An older version (a's, which b's version superseded) is covered too.
+        let older = check(&ops, &views("k", &[found(&[&["a"]])]));
+        assert_eq!(older.resurrected, 1, "{older:?}");
+    }
+
+    #[test]
+    fn a_view_showing_a_delete_marker_is_flagged() {
+        let ops = vec![
+            write(0, "k", "a", &[], Outcome::Ok),
+            delete(0, "k", &["a"], Outcome::Ok),
+            write(1, "k", "w", &[], Outcome::Ok),
+        ];
+        let beside = View::Found { live: vec![set(&["w"])], delete_markers: 1 };
+        let v = check(&ops, &views("k", &[beside, found(&[&["w"]])]));
+        assert_eq!((v.markers_shown, v.sibling_excess, v.lost), (1, 0, 0), "{v:?}");
+        assert!(!v.passed());
+        let alone = View::Found { live: Vec::new(), delete_markers: 2 };
+        let ops = &ops[..2];
+        let v = check(ops, &views("k", &[alone]));
+        assert_eq!(v.markers_shown, 1, "{v:?}");
+        assert!(!v.passed());
+        assert!(check(ops, &views("k", &[View::NotFound])).passed());
+    }
+
+    #[test]
+    fn deletes_do_not_raise_the_sibling_bound() {
+        // One maximal write (w); the delete leaves no visible marker, so one version at most.
+        let ops = vec![
+            write(0, "k", "a", &[], Outcome::Ok),
+            delete(0, "k", &["a"], Outcome::Indeterminate),
+            write(1, "k", "w", &["a"], Outcome::Ok),
+        ];
+        let v = check(&ops, &views("k", &[found(&[&["a", "w"]])]));
+        assert!(v.passed(), "{v:?}");
+        let v = check(&ops, &views("k", &[found(&[&["a", "w"], &["a", "w"]])]));
+        assert_eq!(v.sibling_excess, 2, "over the bound of 1, and a duplicate: {v:?}");
+    }
+
+    #[test]
+    fn last_writer_wins_letting_a_delete_drop_a_concurrent_write_is_a_loss() {
+        // The write is concurrent with the delete; lww lets the later-stamped delete win.
+        let ops = vec![
+            write(0, "k", "a", &[], Outcome::Ok),
+            write(1, "k", "w", &["a"], Outcome::Ok),
+            delete(0, "k", &["a"], Outcome::Ok),
+        ];
+        let v = check(&ops, &views("k", &[View::NotFound, View::NotFound]));
+        assert_eq!(v.lost, 1, "{v:?}");
+        assert_eq!(v.findings[0].elem, "w");
+        assert!(!v.passed());
+    }
+
+    #[test]
+    fn a_failed_delete_drops_nothing() {
+        // A 404 to a DELETE stored nothing: what it saw must still be there.
+        let ops =
+            vec![write(0, "k", "a", &[], Outcome::Ok), delete(0, "k", &["a"], Outcome::Failed)];
+        let v = check(&ops, &views("k", &[View::NotFound]));
+        assert_eq!(v.lost, 1, "{v:?}");
+        assert!(check(&ops, &views("k", &[found(&[&["a"]])])).passed());
+    }
+
+    #[test]
+    fn a_live_version_without_elements_is_a_phantom() {
+        let ops = vec![write(0, "k", "a", &[], Outcome::Ok), delete(0, "k", &["a"], Outcome::Ok)];
+        let v = check(&ops, &views("k", &[found(&[&[]])]));
+        assert_eq!((v.phantom, v.resurrected), (1, 0), "{v:?}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! How to run it and the recorded runs: `docs/testing.md`.
 //!
 //! # Layout
-//! - `history.rs`: operations, final views, and the checker (lost, phantom, resurrected, siblings).
+//! - `history.rs`: operations, final views, and the checker (lost, phantom, resurrected, delete
+//!   markers shown, siblings) under the node's add-wins deletes.
 //! - `schedule.rs`: the seeded fault schedule and its timed actions.
 //! - `cluster.rs`: local processes and Docker Compose containers, with kill/pause/partition/heal.
 //! - `client.rs`: the HTTP operations (reads resolving siblings) classified into outcomes.

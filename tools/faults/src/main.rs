@@ -116,7 +116,7 @@ struct Args {
     #[arg(long, default_value_t = 25)]
     kills: usize,
     /// Report views with more versions than writers (duplicate siblings) without failing the
-    /// run; lost, phantom, resurrected and unreadable still fail it.
+    /// run; lost, phantom, resurrected, markers shown and unreadable still fail it.
     #[arg(long)]
     siblings_advisory: bool,
     /// Leave the cluster running at the end (for inspection).
@@ -488,10 +488,12 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         && verdict.phantom == 0
         && verdict.failed_visible == 0
         && verdict.resurrected == 0
+        && verdict.markers_shown == 0
         && verdict.unreadable == 0;
     let passed = if args.lww_control { verdict.lost > 0 } else { safe && siblings_ok && converged };
     let reads_failed: u64 = stats.iter().map(|s| s.reads_failed).sum();
     let max_read = stats.iter().map(|s| s.max_versions_read).max().unwrap_or(0);
+    let markers_read: u64 = stats.iter().map(|s| s.markers_read).sum();
     println!(
         "cairn-faults summary: seed {seed}, {:?} cluster, {} bucket, {} s, {} clients",
         args.cluster,
@@ -519,10 +521,18 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         "  versions        max in a final view {}, max read during the run {max_read}, over the bound {}",
         verdict.max_versions, verdict.sibling_excess
     );
+    println!(
+        "  delete markers  shown in final views {}  (reads during the run that listed one: {markers_read})",
+        verdict.markers_shown
+    );
     println!("  lost            {}", verdict.lost);
     println!(
-        "  other           phantom {}  failed-visible {}  resurrected {}  unreadable {}",
-        verdict.phantom, verdict.failed_visible, verdict.resurrected, verdict.unreadable
+        "  other           phantom {}  failed-visible {}  resurrected {}  markers-shown {}  unreadable {}",
+        verdict.phantom,
+        verdict.failed_visible,
+        verdict.resurrected,
+        verdict.markers_shown,
+        verdict.unreadable
     );
     println!(
         "  converged       {} (hints drained: {hints_drained}; replicas disagree on {disagreeing} keys)",

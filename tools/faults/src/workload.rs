@@ -8,8 +8,12 @@
 //!   [`HOT_KEY_EPOCH`] so values stay small on long runs.
 //! - **unique**: write a key nobody else ever writes, without context.
 //! - **delete/re-create**: on one of the client's own few keys, read; if something is live,
-//!   delete it with the read's context, otherwise write a new element with the (tombstone's)
-//!   context.
+//!   delete it with the read's context, otherwise write a new element with the context of the
+//!   404 (which covers the delete markers: reads never list them under add-wins deletes). A
+//!   delete always carries a context (a context-less delete removes what the node's own quorum
+//!   read shows, which the history could not describe): a read showing live versions without a
+//!   context is counted as a failed read. A delete answered 404 (the node found nothing live)
+//!   stored nothing and is recorded as `Failed`.
 //!
 //! A read that fails aborts the operation before anything is sent (it is counted, not recorded);
 //! every write or delete that was sent is recorded with its outcome. Loops are bounded by the
@@ -24,7 +28,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::client::Client;
+use crate::client::{Client, Read};
 use crate::cluster::Cluster;
 use crate::history::{Op, OpKind, Outcome, View};
 use crate::schedule::Action;
@@ -56,8 +60,21 @@ pub struct WorkloadSettings {
 pub struct ClientStats {
     /// Reads that failed (the operation was then not sent).
     pub reads_failed: u64,
-    /// Largest number of versions one read returned.
+    /// Largest number of live versions one read returned.
     pub max_versions_read: usize,
+    /// Reads that listed a delete marker (add-wins: a conforming node never does; the final
+    /// views are checked for it, this counts what the run's reads met).
+    pub markers_read: u64,
+}
+
+impl ClientStats {
+    /// Notes what one read returned.
+    fn saw(&mut self, r: &Read) {
+        self.max_versions_read = self.max_versions_read.max(r.live.len());
+        if r.delete_markers > 0 {
+            self.markers_read += 1;
+        }
+    }
 }
 
 /// Runs one client until `deadline`; returns its operations and counters.
@@ -90,8 +107,7 @@ pub async fn client_loop(
                         None
                     }
                     Ok(r) => {
-                        stats.max_versions_read =
-                            stats.max_versions_read.max(r.live.len() + r.delete_markers);
+                        stats.saw(&r);
                         let saw = r.union();
                         let mut content = saw.clone();
                         content.insert(elem.clone());
@@ -129,8 +145,7 @@ pub async fn client_loop(
                         None
                     }
                     Ok(r) => {
-                        stats.max_versions_read =
-                            stats.max_versions_read.max(r.live.len() + r.delete_markers);
+                        stats.saw(&r);
                         let saw = r.union();
                         if r.live.is_empty() {
                             let content = BTreeSet::from([elem.clone()]);
@@ -144,9 +159,14 @@ pub async fn client_loop(
                                 outcome,
                                 at_ms,
                             })
-                        } else {
-                            let outcome = client.delete(node, &key, r.context.as_deref()).await;
+                        } else if let Some(context) = r.context.as_deref() {
+                            let outcome = client.delete(node, &key, Some(context)).await;
                             Some(Op { client: id, key, kind: OpKind::Delete, saw, outcome, at_ms })
+                        } else {
+                            // Live versions without a context: a protocol breach; never send a
+                            // context-less delete (see the module doc).
+                            stats.reads_failed += 1;
+                            None
                         }
                     }
                 }

@@ -1,32 +1,14 @@
-//! Helpers shared by the router tests: a router over a `MemoryBackend`, one-shot requests,
-//! hand-built multipart bodies.
-#![allow(clippy::unwrap_used, dead_code)]
-
-use std::sync::Arc;
+//! Requests to a router through `tower::ServiceExt::oneshot`: answers read whole, hand-built
+//! multipart bodies, small shorthands.
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use cairn_api::testing::MemoryBackend;
-use cairn_api::{ApiConfig, router};
-use cairn_replication::NodeId;
 use serde_json::Value;
 use tower::ServiceExt;
 
-/// The maximum object size used by the tests (small, so 413 is cheap to provoke).
-pub const MAX: u64 = 1024;
-/// The maximum multipart request size used by the tests.
-pub const MAX_REQUEST: u64 = 8 * 1024;
 /// Boundary of the multipart bodies built here.
 pub const BOUNDARY: &str = "cairn-test-boundary-7MA4YWxkTrZu0gW";
-
-/// A router over a fresh in-memory backend named `n1` with N = 3.
-pub fn app() -> (Router, Arc<MemoryBackend>) {
-    let backend = Arc::new(MemoryBackend::new(NodeId::new("n1").unwrap(), 3));
-    let config =
-        ApiConfig { max_object_size: MAX, max_request_size: MAX_REQUEST, ..ApiConfig::new(MAX, 3) };
-    (router(Arc::clone(&backend), config), backend)
-}
 
 /// An answer, fully read.
 #[derive(Debug)]
@@ -43,11 +25,13 @@ impl Answer {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
-    /// The error code of a JSON error answer, after checking the error shape.
+    /// The error code of a JSON error answer, after checking the error shape (and that the
+    /// answer names the node that gave it, in the body and the header).
     pub fn code(&self) -> String {
         let j = self.json();
         assert_eq!(j["success"], false, "{j}");
-        assert_eq!(j["node"], "n1", "{j}");
+        assert!(super::IDS.contains(&j["node"].as_str().unwrap_or_default()), "{j}");
+        assert_eq!(self.header("x-cairn-node").as_deref(), j["node"].as_str(), "{j}");
         assert!(j["error"]["message"].is_string(), "{j}");
         j["error"]["code"].as_str().unwrap().to_string()
     }
@@ -55,6 +39,11 @@ impl Answer {
     /// A header as text.
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+    }
+
+    /// The body as text (for assertion messages).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
@@ -72,7 +61,7 @@ pub fn req(method: Method, uri: &str) -> Request<Body> {
     Request::builder().method(method).uri(uri).body(Body::empty()).unwrap()
 }
 
-/// A request with a body and its Content-Length.
+/// A request with a body and its Content-Length (no Content-Type).
 pub fn req_body(method: Method, uri: &str, body: impl Into<Vec<u8>>) -> Request<Body> {
     let body = body.into();
     Request::builder()
@@ -80,6 +69,16 @@ pub fn req_body(method: Method, uri: &str, body: impl Into<Vec<u8>>) -> Request<
         .uri(uri)
         .header("content-length", body.len())
         .body(Body::from(body))
+        .unwrap()
+}
+
+/// A request without body carrying `X-Cairn-Context: context`.
+pub fn req_ctx(method: Method, uri: &str, context: &str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("x-cairn-context", context)
+        .body(Body::empty())
         .unwrap()
 }
 
@@ -115,22 +114,30 @@ pub fn multipart_body(parts: &[Part<'_>]) -> Vec<u8> {
 
 /// A multipart upload request to `uri` with `body` (see [`multipart_body`]).
 pub fn multipart_req(uri: &str, body: Vec<u8>) -> Request<Body> {
-    Request::builder()
+    multipart_req_ctx(uri, body, None)
+}
+
+/// A multipart upload request, with `X-Cairn-Context` when `context` is given.
+pub fn multipart_req_ctx(uri: &str, body: Vec<u8>, context: Option<&str>) -> Request<Body> {
+    let mut r = Request::builder()
         .method(Method::POST)
         .uri(uri)
         .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
-        .header("content-length", body.len())
-        .body(Body::from(body))
-        .unwrap()
+        .header("content-length", body.len());
+    if let Some(c) = context {
+        r = r.header("x-cairn-context", c);
+    }
+    r.body(Body::from(body)).unwrap()
 }
 
 /// Creates a bucket and asserts success.
 pub async fn create_bucket(app: &Router, name: &str) {
     let a = call(app, Method::POST, &format!("/buckets/{name}")).await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
 }
 
-/// PUTs an object (optionally with a context) and returns the JSON answer after asserting 200.
+/// PUTs an object as `text/plain` (optionally with a context) and returns the JSON answer
+/// after asserting 200.
 pub async fn put(app: &Router, uri: &str, body: &[u8], context: Option<&str>) -> Value {
     let mut r =
         Request::builder().method(Method::PUT).uri(uri).header("content-type", "text/plain");
@@ -138,6 +145,28 @@ pub async fn put(app: &Router, uri: &str, body: &[u8], context: Option<&str>) ->
         r = r.header("x-cairn-context", c);
     }
     let a = send(app, r.body(Body::from(body.to_vec())).unwrap()).await;
-    assert_eq!(a.status, StatusCode::OK, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     a.json()
+}
+
+/// The names of a listing answer, in order.
+pub fn names(listing: &Value) -> Vec<String> {
+    listing["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A JSON array of strings as a sorted vector.
+pub fn sorted_strings(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
 }

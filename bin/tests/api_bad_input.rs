@@ -1,19 +1,22 @@
-//! Every bad input of issue 5 gets the right status and error code, changes nothing, and the
-//! router keeps serving afterwards.
+//! Every bad input gets the right status and error code, changes nothing on the real nodes (see
+//! `inproc`), and the API keeps serving afterwards.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod inproc;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use bytes::Bytes;
-use common::*;
+use inproc::http::*;
+use inproc::{MAX, MAX_REQUEST, TestCluster};
+use serde_json::json;
 
 /// Bad bucket names: `..`, `../etc` (raw and encoded), upper case, too long, an IP address,
 /// too short, bad characters — on create, listing, object writes and uploads.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_bucket_names_are_400_and_create_nothing() {
-    let (app, backend) = app();
+    let c = TestCluster::start().await;
+    let app = c.app.clone();
     let long = "a".repeat(64);
     let bad = [
         "..",
@@ -52,16 +55,18 @@ async fn invalid_bucket_names_are_400_and_create_nothing() {
     assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidBucketName"));
     let a = send(&app, req_body(Method::PUT, "/buckets/../etc/passwd", "x")).await;
     assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidBucketName"));
-    assert!(backend.bucket_names().is_empty());
-    assert_eq!(backend.object_count(), 0);
+    let j = call(&app, Method::GET, "/buckets").await.json();
+    assert_eq!(j["buckets"], json!([]));
+    assert_eq!(c.all_keys(), 0, "no node stored anything");
     create_bucket(&app, "still-serving").await;
 }
 
 /// Bad object names: empty, over 1024 bytes, NUL, invalid UTF-8 (percent-encoded), a broken
 /// escape — on PUT, GET, DELETE and as a multipart filename.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_object_names_are_400_and_store_nothing() {
-    let (app, backend) = app();
+    let c = TestCluster::start().await;
+    let app = c.app.clone();
     create_bucket(&app, "objs").await;
     let long = "a".repeat(1025);
     for name in ["", long.as_str(), "a%00b", "%FF%FE", "ok%C3", "bad%2", "bad%zz"] {
@@ -72,22 +77,27 @@ async fn invalid_object_names_are_400_and_store_nothing() {
             assert_eq!(a.code(), "InvalidObjectName", "{method} {uri:.60}");
         }
     }
+    assert_eq!(c.object_keys("n1"), 0);
     // Exactly 1024 bytes is fine.
-    put(&app, &format!("/buckets/objs/{}", "b".repeat(1024)), b"x", None).await;
-    assert_eq!(backend.object_count(), 1);
+    let ok = "b".repeat(1024);
+    put(&app, &format!("/buckets/objs/{ok}"), b"x", None).await;
+    c.settled().await;
+    assert_eq!(c.object_keys("n1"), 1);
+    assert!(c.stored("n1", "objs", &ok).await.is_some());
 
     for filename in [Some(""), None, Some(long.as_str())] {
         let body = multipart_body(&[("file_content", filename, None, b"x")]);
         let a = send(&app, multipart_req("/buckets/objs/files", body)).await;
         assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidObjectName"));
     }
-    assert_eq!(backend.object_count(), 1);
+    assert_eq!(c.object_keys("n1"), 1);
 }
 
 /// Missing or malformed multipart bodies are 400 `MalformedMultipart` and store nothing.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_multipart_is_400() {
-    let (app, backend) = app();
+    let c = TestCluster::start().await;
+    let app = c.app.clone();
     create_bucket(&app, "mp1").await;
     let uri = "/buckets/mp1/files";
     let good = multipart_body(&[("file_content", Some("f"), None, b"content")]);
@@ -115,16 +125,18 @@ async fn malformed_multipart_is_400() {
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "case {i}");
         assert_eq!(a.code(), "MalformedMultipart", "case {i}");
     }
-    assert_eq!(backend.object_count(), 0);
+    assert_eq!(c.object_keys("n1"), 0);
+    assert!(c.stored_nowhere("mp1", "f").await);
     let a = send(&app, multipart_req(uri, good)).await;
     assert_eq!(a.status, StatusCode::OK);
 }
 
 /// Bodies over the maximum object size are 413 and not stored, whether the length is declared
 /// or the body is streamed without one; exactly the maximum is accepted.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_bodies_are_413_and_not_stored() {
-    let (app, backend) = app();
+    let c = TestCluster::start().await;
+    let app = c.app.clone();
     create_bucket(&app, "big").await;
     let over = vec![7u8; MAX as usize + 1];
 
@@ -164,12 +176,12 @@ async fn oversize_bodies_are_413_and_not_stored() {
     let files = a.json()["files"].as_array().unwrap().clone();
     assert_eq!(files.len(), 1);
     assert_eq!(files[0]["name"], "small");
-    assert!(backend.stored("big", "huge").is_none());
-    assert!(backend.stored("big", "after").is_none());
-    for name in ["declared", "streamed", "lying"] {
-        assert!(backend.stored("big", name).is_none(), "{name} was stored");
+    for name in ["huge", "after", "declared", "streamed", "lying"] {
+        assert!(c.stored_nowhere("big", name).await, "{name} was stored");
     }
-    assert_eq!(backend.object_count(), 1);
+    c.settled().await;
+    assert_eq!(c.object_keys("n1"), 1);
+    assert_eq!(c.live_bodies("n1", "big", "small").await, [b"ok".to_vec()]);
 
     // A whole multipart request over the request limit is refused from its declared length.
     let parts: Vec<Vec<u8>> = (0..10).map(|_| vec![1u8; MAX as usize]).collect();
@@ -181,7 +193,7 @@ async fn oversize_bodies_are_413_and_not_stored() {
         .collect();
     let a = send(&app, multipart_req("/buckets/big/files", multipart_body(&spec))).await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(backend.object_count(), 1);
+    assert_eq!(c.object_keys("n1"), 1);
 
     // The same without a declared length: the running count stops it; parts before the limit
     // were stored and are reported, the part that crossed it was not.
@@ -200,21 +212,25 @@ async fn oversize_bodies_are_413_and_not_stored() {
     // The running count is of part contents (8 x 1 KiB = the 8 KiB limit exactly); the 9th
     // part crosses it.
     assert_eq!(stored as u64, MAX_REQUEST / MAX, "parts wholly inside the limit");
-    assert_eq!(backend.object_count(), 1 + stored);
-    assert!(backend.stored("big", &format!("p{stored}")).is_none());
+    c.settled().await;
+    assert_eq!(c.object_keys("n1"), 1 + stored as u64);
+    assert!(c.stored_nowhere("big", &format!("p{stored}")).await);
 
     let exact = vec![1u8; MAX as usize];
     put(&app, "/buckets/big/exact", &exact, None).await;
-    assert!(backend.stored("big", "exact").is_some());
+    let a = call(&app, Method::GET, "/buckets/big/exact").await;
+    assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &exact[..]));
 }
 
 /// An invalid context token is 400 `InvalidContext` on PUT and DELETE; the object is unchanged.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_context_is_400_and_changes_nothing() {
-    let (app, backend) = app();
+    let c = TestCluster::start().await;
+    let app = c.app.clone();
     create_bucket(&app, "ctx").await;
     put(&app, "/buckets/ctx/k", b"v1", None).await;
-    let before = backend.stored("ctx", "k").unwrap();
+    c.replicated("ctx", "k").await;
+    let before = c.stored("n1", "ctx", "k").await.unwrap();
     let huge = "A".repeat(5000);
     for token in ["!!!", "AAAA", "gaNuIDEjMQE", huge.as_str(), "é"] {
         for method in [Method::PUT, Method::DELETE] {
@@ -232,7 +248,7 @@ async fn invalid_context_is_400_and_changes_nothing() {
             assert_eq!(a.code(), "InvalidContext", "{method} {token:.20}");
         }
     }
-    assert_eq!(backend.stored("ctx", "k").unwrap(), before);
+    assert_eq!(c.stored("n1", "ctx", "k").await.unwrap(), before);
     // A context together with overwrite=true is contradictory.
     let ctx = call(&app, Method::GET, "/buckets/ctx/k").await.header("x-cairn-context").unwrap();
     let r = Request::builder()
@@ -243,13 +259,14 @@ async fn invalid_context_is_400_and_changes_nothing() {
         .unwrap();
     let a = send(&app, r).await;
     assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidArgument"));
-    assert_eq!(backend.stored("ctx", "k").unwrap(), before);
+    assert_eq!(c.stored("n1", "ctx", "k").await.unwrap(), before);
 }
 
 /// `r` and `w` outside 1..=N (N = 3) are 400 `InvalidArgument`; nothing is written.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_out_of_range_is_400() {
-    let (app, backend) = app();
+    let c = TestCluster::start().await;
+    let app = c.app.clone();
     create_bucket(&app, "qq1").await;
     for q in ["0", "4", "-1", "x", "", "1.5", "18446744073709551616"] {
         let a = send(&app, req_body(Method::PUT, &format!("/buckets/qq1/k?w={q}"), "v")).await;
@@ -268,17 +285,21 @@ async fn quorum_out_of_range_is_400() {
     }
     let a = send(&app, req_body(Method::PUT, "/buckets/qq1/k?overwrite=yes", "v")).await;
     assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidArgument"));
-    assert_eq!(backend.object_count(), 0);
-    put(&app, "/buckets/qq1/k?w=3", b"v", None).await;
+    assert_eq!(c.object_keys("n1"), 0);
+    assert!(c.stored_nowhere("qq1", "k").await && c.stored_nowhere("qq1", "m").await);
+    // w=3: all three replicas stored it before the answer; r=3 reads all three.
+    let j = put(&app, "/buckets/qq1/k?w=3", b"v", None).await;
+    assert_eq!(sorted_strings(&j["replicas_written"]), inproc::IDS);
     let a = call(&app, Method::GET, "/buckets/qq1/k?r=3").await;
-    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &b"v"[..]));
 }
 
 /// Requests on a bucket that does not exist are 404 `NoSuchBucket`; creating an existing one is
 /// 409; an unknown conflict policy is 400.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_bucket_is_404_and_duplicates_409() {
-    let (app, backend) = app();
+    let c = TestCluster::start().await;
+    let app = c.app.clone();
     let body = || multipart_body(&[("file_content", Some("f"), None, b"x")]);
     let answers = [
         send(&app, req_body(Method::PUT, "/buckets/nobucket/k", "v")).await,
@@ -291,22 +312,28 @@ async fn unknown_bucket_is_404_and_duplicates_409() {
     for a in answers {
         assert_eq!((a.status, a.code().as_str()), (StatusCode::NOT_FOUND, "NoSuchBucket"));
     }
-    assert_eq!(backend.object_count(), 0);
+    assert_eq!(c.all_keys(), 0, "no node stored anything");
     create_bucket(&app, "dup").await;
     let a = call(&app, Method::POST, "/buckets/dup").await;
     assert_eq!((a.status, a.code().as_str()), (StatusCode::CONFLICT, "BucketAlreadyExists"));
+    // Through another node too: the registry is replicated.
+    let a = call(&c.router("n2"), Method::POST, "/buckets/dup").await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::CONFLICT, "BucketAlreadyExists"));
     let a = call(&app, Method::POST, "/buckets/other?conflict=newest").await;
     assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "InvalidArgument"));
-    assert_eq!(backend.bucket_names(), ["dup"]);
+    let j = call(&app, Method::GET, "/buckets").await.json();
+    assert_eq!(j["buckets"], json!([{"name": "dup", "conflict": "siblings"}]));
     // Deleting a missing object in an existing bucket is 404 NoSuchKey.
     let a = call(&app, Method::DELETE, "/buckets/dup/missing").await;
     assert_eq!((a.status, a.code().as_str()), (StatusCode::NOT_FOUND, "NoSuchKey"));
+    assert_eq!(c.object_keys("n1"), 0);
 }
 
 /// Unknown routes and methods answer JSON errors too.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_methods_are_json() {
-    let (app, _) = app();
+    let c = TestCluster::start().await;
+    let app = c.app.clone();
     let a = call(&app, Method::GET, "/nothing/here").await;
     assert_eq!((a.status, a.code().as_str()), (StatusCode::NOT_FOUND, "NoSuchRoute"));
     let a = call(&app, Method::GET, "/buckets/").await;
@@ -327,20 +354,16 @@ async fn unknown_routes_and_methods_are_json() {
 /// A client that stops sending mid-body gets 408 `RequestTimeout` after the idle limit and
 /// nothing is stored (raw PUT and multipart). The stalled stream never yields again, so the
 /// outcome does not depend on timing; the short limit only keeps the test fast.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_uploads_are_408_and_not_stored() {
     use futures::StreamExt;
-    use std::sync::Arc;
 
-    let backend = Arc::new(cairn_api::testing::MemoryBackend::new(
-        cairn_replication::NodeId::new("n1").unwrap(),
-        3,
-    ));
-    let config = cairn_api::ApiConfig {
+    let api = cairn_api::ApiConfig {
         body_idle_timeout: std::time::Duration::from_millis(100),
-        ..cairn_api::ApiConfig::new(MAX, 3)
+        ..inproc::api_config()
     };
-    let app = cairn_api::router(Arc::clone(&backend), config);
+    let c = TestCluster::with_api(api).await;
+    let app = c.app.clone();
     create_bucket(&app, "slow").await;
     let stalled = |first: Vec<u8>| {
         let s = futures::stream::iter(vec![Ok::<Bytes, std::io::Error>(Bytes::from(first))])
@@ -373,8 +396,9 @@ async fn stalled_uploads_are_408_and_not_stored() {
     assert_eq!((a.status, a.code().as_str()), (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"));
     // The complete part was stored and is reported; the stalled one was not.
     assert_eq!(a.json()["files"][0]["name"], "done");
-    assert!(backend.stored("slow", "done").is_some());
-    assert!(backend.stored("slow", "k").is_none());
-    assert!(backend.stored("slow", "cut").is_none());
+    let a = call(&app, Method::GET, "/buckets/slow/done").await;
+    assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &b"complete"[..]));
+    assert!(c.stored_nowhere("slow", "k").await);
+    assert!(c.stored_nowhere("slow", "cut").await);
     create_bucket(&app, "still-serving").await;
 }
