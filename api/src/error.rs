@@ -315,16 +315,51 @@ impl ApiError {
     }
 }
 
+/// The replication crate's errors — the DVV layer's and the node protocol's answers — as the
+/// API shows them. The one mapping from a node's outcome to a status and a code.
 impl From<cairn_replication::Error> for ApiError {
     fn from(e: cairn_replication::Error) -> Self {
+        use cairn_replication::Error as E;
         match e {
-            cairn_replication::Error::InvalidContext(m) => ApiError::InvalidContext(m),
-            e @ cairn_replication::Error::TooManySiblings { .. } => {
-                ApiError::TooManySiblings(e.to_string())
+            E::InvalidContext(m) => ApiError::InvalidContext(m),
+            e @ E::TooManySiblings { .. } => ApiError::TooManySiblings(e.to_string()),
+            e @ E::InvalidNodeId { .. } => ApiError::InvalidArgument(e.to_string()),
+            E::InvalidQuorum(m) => ApiError::InvalidArgument(m),
+            E::NoSuchBucket(b) => ApiError::NoSuchBucket(b),
+            E::BucketAlreadyExists(b) => ApiError::BucketAlreadyExists(b),
+            E::NoSuchKey { name, context } => ApiError::NoSuchKey {
+                name,
+                context: (!context.is_empty()).then_some(Context(context)),
+            },
+            e @ E::StaleContext { .. } => ApiError::StaleContext(e.to_string()),
+            E::WriteQuorum { acked, required, node, context, report } => {
+                ApiError::WriteQuorumNotReached {
+                    message: format!("{acked} of {required} required replicas acknowledged"),
+                    node,
+                    context: Some(Context(context)),
+                    report,
+                }
             }
-            e @ cairn_replication::Error::InvalidNodeId { .. } => {
-                ApiError::InvalidArgument(e.to_string())
+            E::ReadQuorum { answered, required, report } => ApiError::ReadQuorumNotReached {
+                message: format!("{answered} of {required} required replicas answered"),
+                // The coordinator of a read is the node that answers; the handler names it.
+                node: String::new(),
+                report,
+            },
+            E::Remote { code, message, .. } if code == "TooManySiblings" => {
+                ApiError::TooManySiblings(message)
             }
+            E::Remote { code, message, .. } if code == "StaleContext" => {
+                ApiError::StaleContext(message)
+            }
+            e @ (E::Unavailable(_) | E::NotDelivered(_) | E::Remote { .. }) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            E::ValueTooLarge { size, max } => ApiError::TooManySiblings(format!(
+                "the object's concurrent versions together take {size} bytes, over the storage \
+                 limit of {max}; read it and write back with its context to resolve them"
+            )),
+            e @ E::StoragePoisoned => ApiError::Unavailable(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }

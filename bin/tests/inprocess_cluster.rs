@@ -11,7 +11,7 @@ use cairn_node::node::buckets::ConflictPolicy;
 use cairn_node::node::keys::ObjectKey;
 use cairn_node::node::messages::{WriteOp, WriteRequest};
 use cairn_node::node::store::Store;
-use cairn_node::node::{Node, NodeError, Settings, handoff, server};
+use cairn_node::node::{Node, NodeError, Parts, server};
 use cairn_replication::{Actor, Body, Meta, NodeId, SiblingSet, VersionVector};
 use tokio::sync::watch;
 
@@ -36,43 +36,36 @@ async fn cluster() -> Cluster {
     let mut inbound = Vec::new();
     for id in IDS {
         let (transport, rx) = net.register(id);
-        inbound.push(rx);
-        let _ = transport;
+        inbound.push(Some((transport, rx)));
     }
     for (i, id) in IDS.iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let engine =
             Engine::open(dir.path(), Options { sync: SyncPolicy::Never, ..Options::default() })
                 .unwrap();
-        let settings = Settings {
-            id: NodeId::new(*id).unwrap(),
-            members: members.clone(),
-            partitions: 64,
-            n: 3,
-            r: 2,
-            w: 2,
-            request_timeout: Duration::from_millis(800),
-            max_siblings: 16,
-            read_speculate: cairn_node::node::DEFAULT_READ_SPECULATE,
-            full_read_every: cairn_node::node::DEFAULT_FULL_READ_EVERY,
-        };
-        let (transport, rx) = net.register(id);
-        let _ = std::mem::replace(&mut inbound[i], rx);
-        let node = Node::new(
-            settings,
-            Actor::new(NodeId::new(*id).unwrap(), 1),
-            Store::new(Arc::new(engine)),
+        let mut config = cairn_replication::node::Config::new(
+            NodeId::new(*id).unwrap(),
+            members.clone(),
+            64,
+            3,
+            2,
+            2,
+        );
+        config.request_timeout_ms = 800;
+        config.max_siblings = 16;
+        let (transport, rx) = inbound[i].take().unwrap();
+        let parts = Parts {
+            config,
+            actor: Actor::new(NodeId::new(*id).unwrap(), 1),
+            store: Store::new(Arc::new(engine)),
             transport,
-            net.view(id).unwrap(),
-        )
-        .unwrap();
+            view: net.view(id).unwrap(),
+            events: net.events(id).unwrap(),
+            inbound: rx,
+        };
+        let node = Node::start(parts, shutdown_rx.clone()).unwrap();
         dirs.push(dir);
         nodes.push(node);
-    }
-    for (node, rx) in nodes.iter().zip(inbound) {
-        tokio::spawn(server::serve(Arc::clone(node), rx));
-        let events = net.events(node.id().as_str()).unwrap();
-        tokio::spawn(handoff::run(Arc::clone(node), events, shutdown_rx.clone()));
     }
     Cluster { net, nodes, _dirs: dirs, _shutdown: shutdown_tx }
 }
@@ -123,7 +116,7 @@ async fn make_bucket(c: &Cluster, name: &str) -> u64 {
     let out = node(c, "n1").create_bucket(name, ConflictPolicy::Siblings).await.unwrap();
     let inc = out.bucket.unwrap().incarnation;
     for n in &c.nodes {
-        assert_eq!(n.bucket(name).await.unwrap().incarnation, inc, "{} lacks the bucket", n.id());
+        assert_eq!(n.bucket(name).unwrap().incarnation, inc, "{} lacks the bucket", n.id());
     }
     inc
 }
@@ -262,10 +255,10 @@ async fn a_partitioned_minority_write_fails_with_a_report_and_buckets_reach_a_re
         }
         other => panic!("expected a write quorum failure, got {other}"),
     }
-    assert!(node(&c, "n4").bucket("late").await.is_err(), "n4 was cut off when it was created");
+    assert!(node(&c, "n4").bucket("late").is_err(), "n4 was cut off when it was created");
     c.net.heal();
     let n4 = node(&c, "n4").clone();
-    eventually("n4 learns the bucket", async || n4.bucket("late").await.is_ok()).await;
+    eventually("n4 learns the bucket", async || n4.bucket("late").is_ok()).await;
 }
 
 async fn make_bucket_on(c: &Cluster, via: &str, name: &str) -> u64 {

@@ -46,12 +46,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::engine::{Inner, Loc, Seg, hint_path, segment_path};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{CompactionStep, Error, IoContext, Result};
 use crate::hint::{self, COMMIT_MAGIC, CommitRecord, HintEntry};
+use crate::keydir::Loc;
 use crate::mmap;
-use crate::options::{CompactionOptions, CompactionStep, FileSync};
+use crate::options::{CompactionOptions, FileSync};
 use crate::record::{Keyspace, RecordKind, ScanItem, Scanner};
+use crate::segments::{Seg, hint_path, segment_path, sync_dir};
+use crate::state::Inner;
 
 /// Name of the commit file in the data directory.
 pub const COMMIT_FILE: &str = "COMPACTION";
@@ -188,11 +190,6 @@ impl Drop for TmpDirGuard {
             tracing::warn!(error = %e, dir = %p.display(), "could not remove partial compaction outputs");
         }
     }
-}
-
-fn sync_dir(sync: &dyn FileSync, dir: &Path) -> Result<()> {
-    let d = File::open(dir).ctx(|| format!("opening {}", dir.display()))?;
-    sync.sync_dir(&d).ctx(|| format!("syncing directory {}", dir.display()))
 }
 
 impl Inner {

@@ -1,6 +1,32 @@
-//! The engine's one error type.
+//! The engine's one error type, and the compaction steps a test can inject a crash at (the payload
+//! of `Error::InjectedCrash`; `Options::crash_at` names one).
 
 use std::path::PathBuf;
+
+/// The steps of a compaction at which a crash can be injected (see `Options::crash_at`). Each names the
+/// last thing done before the simulated crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CompactionStep {
+    /// New segments and hint files written and synced in the temporary directory; no commit file.
+    OutputsWritten,
+    /// The commit file (`COMPACTION`) is durable; nothing renamed yet.
+    Committed,
+    /// The first new segment has replaced its input file.
+    FirstRenamed,
+    /// All renames and deletions are done; the commit file is still present.
+    Switched,
+}
+
+impl CompactionStep {
+    /// Every step, in order.
+    pub const ALL: [CompactionStep; 4] = [
+        CompactionStep::OutputsWritten,
+        CompactionStep::Committed,
+        CompactionStep::FirstRenamed,
+        CompactionStep::Switched,
+    ];
+}
 
 /// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +85,7 @@ pub enum Error {
     ShuttingDown,
     /// A test-injected crash point was reached; the engine stops as if the process died there.
     #[error("injected crash at compaction step {0:?}")]
-    InjectedCrash(crate::CompactionStep),
+    InjectedCrash(CompactionStep),
 }
 
 impl Error {

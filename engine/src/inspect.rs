@@ -8,11 +8,10 @@ use std::fmt::{self, Write as _};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::engine::{hint_path, segment_path};
 use crate::error::{IoContext, Result};
 use crate::hint;
 use crate::record::{self, CRC_AT, HEADER_LEN, ScanItem, Scanner};
-use crate::recovery::list_segments;
+use crate::segments::{hint_path, list_segments, segment_path};
 
 /// One record (or one corrupt region) of a segment, for `cairn inspect`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{CompactionStep, Error, Result};
 
 /// Default roll-over size of the active segment: 128 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 128 << 20;
@@ -137,31 +137,6 @@ impl FileSync for OsFileSync {
     fn sync_dir(&self, dir: &File) -> std::io::Result<()> {
         dir.sync_all()
     }
-}
-
-/// The steps of a compaction at which a crash can be injected (see `Options::crash_at`). Each names the
-/// last thing done before the simulated crash.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CompactionStep {
-    /// New segments and hint files written and synced in the temporary directory; no commit file.
-    OutputsWritten,
-    /// The commit file (`COMPACTION`) is durable; nothing renamed yet.
-    Committed,
-    /// The first new segment has replaced its input file.
-    FirstRenamed,
-    /// All renames and deletions are done; the commit file is still present.
-    Switched,
-}
-
-impl CompactionStep {
-    /// Every step, in order.
-    pub const ALL: [CompactionStep; 4] = [
-        CompactionStep::OutputsWritten,
-        CompactionStep::Committed,
-        CompactionStep::FirstRenamed,
-        CompactionStep::Switched,
-    ];
 }
 
 /// Settings of the online (background) compaction thread.

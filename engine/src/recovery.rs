@@ -25,39 +25,17 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use parking_lot::{Condvar, Mutex, RwLock};
-
-use crate::engine::{
-    Counters, Inner, Keydir, LOCK_STRIPES, Loc, Seg, Segments, SyncState, Writer, hint_path,
-    segment_path,
-};
 use crate::error::{Error, IoContext, Result};
 use crate::hint::{self, HintEntry};
+use crate::keydir::{Keydir, Loc};
 use crate::options::Options;
 use crate::record::{RecordKind, ScanItem, Scanner};
+use crate::segments::{Seg, Segments, hint_path, list_segments, segment_path};
+use crate::state::{Counters, Inner};
+use crate::writer::Writer;
 use crate::{compaction, lockfile, mmap};
-
-/// Segment ids present in `dir`, ascending.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>> {
-    let mut ids = Vec::new();
-    for entry in fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
-        let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(stem) = name.strip_suffix(".seg")
-            && !stem.is_empty()
-            && stem.bytes().all(|b| b.is_ascii_digit())
-            && let Ok(id) = stem.parse::<u64>()
-        {
-            ids.push(id);
-        }
-    }
-    ids.sort_unstable();
-    Ok(ids)
-}
 
 /// Result of scanning one segment's bytes.
 pub(crate) struct ScanResult {
@@ -232,24 +210,8 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Inner> {
     if corrupt > 0 {
         tracing::warn!(regions = corrupt, "opened with corrupt records skipped");
     }
-    let [k0, k1, k2] = keydirs;
-    let writer = Writer { file: Arc::new(file), id: active_id, handle, len, cap, lsn: 0 };
-    Ok(Inner {
-        dir: dir.to_path_buf(),
-        opts,
-        _lock: lock,
-        keydirs: [RwLock::new(k0), RwLock::new(k1), RwLock::new(k2)],
-        segments: RwLock::new(segments),
-        writer: Mutex::new(writer),
-        sync_state: Mutex::new(SyncState::default()),
-        sync_cv: Condvar::new(),
-        stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-        poisoned: AtomicBool::new(false),
-        compaction: Mutex::new(()),
-        counters,
-        shutdown: Mutex::new(false),
-        shutdown_cv: Condvar::new(),
-    })
+    let writer = Writer::new(file, active_id, handle, len, cap);
+    Ok(Inner::new(dir, opts, lock, keydirs, segments, writer, counters))
 }
 
 /// Deletes `*.tmp` files (half-written hint or commit files that were never renamed into place).

@@ -70,6 +70,7 @@ pub mod dvv;
 pub mod error;
 pub mod hints;
 pub mod id;
+pub mod node;
 pub mod quorum;
 pub mod ring;
 pub mod vclock;

@@ -24,7 +24,7 @@ use cairn_engine::{CompactionOptions, Engine, SyncPolicy};
 use cairn_membership::{ClusterSecret, Membership, MembershipConfig};
 use cairn_node::node::backend::NodeBackend;
 use cairn_node::node::store::Store;
-use cairn_node::node::{Node, Settings, handoff, identity, server};
+use cairn_node::node::{Node, Parts, identity};
 use cairn_replication::{Actor, NodeId};
 use libp2p::Multiaddr;
 use serde::Deserialize;
@@ -366,30 +366,26 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
     mcfg.max_message_size = engine_max_value(cfg.max_object_size) as usize + (1 << 20);
     let (membership, inbound) = Membership::start(mcfg).await.context("starting membership")?;
 
-    let settings = Settings {
-        id: cfg.id.clone(),
-        members: cfg.members.clone(),
-        partitions: cfg.partitions,
-        n: cfg.n,
-        r: cfg.r,
-        w: cfg.w,
-        request_timeout: cfg.request_timeout,
-        max_siblings: cairn_node::node::DEFAULT_MAX_SIBLINGS,
-        read_speculate: cairn_node::node::DEFAULT_READ_SPECULATE,
-        full_read_every: cairn_node::node::DEFAULT_FULL_READ_EVERY,
-    };
-    let node = Node::new(
-        settings,
-        actor,
-        Store::new(Arc::clone(&engine)),
-        membership.clone(),
-        membership.view(),
-    )
-    .context("assembling the node")?;
+    let mut config = cairn_replication::node::Config::new(
+        cfg.id.clone(),
+        cfg.members.clone(),
+        cfg.partitions,
+        cfg.n,
+        cfg.r,
+        cfg.w,
+    );
+    config.request_timeout_ms = cfg.request_timeout.as_millis() as u64;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let server_task = tokio::spawn(server::serve(Arc::clone(&node), inbound));
-    let handoff_task =
-        tokio::spawn(handoff::run(Arc::clone(&node), membership.events(), shutdown_rx));
+    let parts = Parts {
+        config,
+        actor,
+        store: Store::new(Arc::clone(&engine)),
+        transport: membership.clone(),
+        view: membership.view(),
+        events: membership.events(),
+        inbound,
+    };
+    let node = Node::start(parts, shutdown_rx).context("assembling the node")?;
 
     let api = cairn_api::router(
         Arc::new(NodeBackend { node: Arc::clone(&node) }),
@@ -418,7 +414,7 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
 
     // Work that answered requests left running (hints for replicas that missed a write, read
     // repairs) still needs the data plane: it finishes before membership stops.
-    let running = node.background.running();
+    let running = node.background();
     if running > 0 {
         tracing::info!(
             tasks = running,
@@ -426,7 +422,7 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
             "shutting down: HTTP closed, finishing hints and read repairs in flight"
         );
     }
-    let abandoned = node.background.drain(cfg.shutdown_timeout).await;
+    let abandoned = node.drain(cfg.shutdown_timeout).await;
     if abandoned > 0 {
         tracing::warn!(
             tasks = abandoned,
@@ -435,9 +431,7 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
     }
     tracing::info!("shutting down: stopping background work");
     let _ = shutdown_tx.send(true);
-    let _ = handoff_task.await;
     membership.shutdown().await;
-    server_task.abort();
     let engine2 = Arc::clone(&engine);
     tokio::task::spawn_blocking(move || engine2.sync()).await.context("final sync task")??;
     drop(node);

@@ -14,8 +14,9 @@ use cairn_replication::quorum::ReadReport;
 use cairn_replication::{Context, Meta};
 use serde_json::{Map, Value, json};
 
+use cairn_replication::node::BucketOutcome;
+
 use crate::node::buckets::{BucketInfo, ConflictPolicy};
-use crate::node::coordinator::BucketOutcome;
 use crate::node::keys::ObjectKey;
 use crate::node::messages::{WriteOp, WriteRequest};
 use crate::node::{Node, NodeError, now_ms};
@@ -24,46 +25,6 @@ use crate::node::{Node, NodeError, now_ms};
 pub struct NodeBackend<T: Transport> {
     /// The node; shared with the inbound server and the handoff task.
     pub node: Arc<Node<T>>,
-}
-
-impl From<NodeError> for ApiError {
-    fn from(e: NodeError) -> Self {
-        match e {
-            NodeError::NoSuchBucket(b) => ApiError::NoSuchBucket(b),
-            NodeError::BucketAlreadyExists(b) => ApiError::BucketAlreadyExists(b),
-            NodeError::NoSuchKey { name, context } => ApiError::NoSuchKey {
-                name,
-                context: (!context.is_empty()).then_some(Context(context)),
-            },
-            e @ NodeError::StaleContext { .. } => ApiError::StaleContext(e.to_string()),
-            e @ NodeError::TooManySiblings { .. } => ApiError::TooManySiblings(e.to_string()),
-            NodeError::InvalidQuorum(m) => ApiError::InvalidArgument(m),
-            NodeError::WriteQuorum { acked, required, node, context, report } => {
-                ApiError::WriteQuorumNotReached {
-                    message: format!("{acked} of {required} required replicas acknowledged"),
-                    node,
-                    context: Some(Context(context)),
-                    report,
-                }
-            }
-            NodeError::Remote { code, message, .. } if code == "TooManySiblings" => {
-                ApiError::TooManySiblings(message)
-            }
-            e @ (NodeError::Unavailable(_)
-            | NodeError::NotDelivered(_)
-            | NodeError::Remote { .. }) => ApiError::Unavailable(e.to_string()),
-            NodeError::Storage(cairn_engine::Error::ValueTooLarge { size, max }) => {
-                ApiError::TooManySiblings(format!(
-                    "the object's concurrent versions together take {size} bytes, over the \
-                     storage limit of {max}; read it and write back with its context to resolve them"
-                ))
-            }
-            NodeError::Storage(cairn_engine::Error::Poisoned) => ApiError::Unavailable(
-                "this node's storage failed a sync and refuses writes; restart the node".into(),
-            ),
-            e => ApiError::Internal(e.to_string()),
-        }
-    }
 }
 
 fn policy_in(p: ApiPolicy) -> ConflictPolicy {
@@ -93,7 +54,7 @@ fn bucket_report(o: BucketOutcome) -> BucketReport {
 
 impl<T: Transport> NodeBackend<T> {
     async fn live_bucket(&self, b: &BucketName) -> Result<BucketInfo, ApiError> {
-        Ok(self.node.bucket(b.as_str()).await?)
+        Ok(self.node.bucket(b.as_str())?)
     }
 
     fn key(info: &BucketInfo, name: &ObjectName) -> ObjectKey {
@@ -150,7 +111,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
 
     async fn list_buckets(&self) -> Result<Vec<ApiBucket>, ApiError> {
         let mut out = Vec::new();
-        for b in self.node.list_buckets().await? {
+        for b in self.node.list_buckets()? {
             // Names in the registry were validated when created; skip anything that is not.
             if let Ok(name) = BucketName::new(b.name) {
                 out.push(ApiBucket { name, conflict: policy_out(b.policy) });
@@ -189,7 +150,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
             op: WriteOp::Put { meta: meta.clone(), body: req.body.to_vec() },
             context: req.context.map(|c| c.0),
             overwrite: req.overwrite,
-            w: req.w.unwrap_or(self.node.settings.w),
+            w: req.w.unwrap_or(self.node.config().w),
             lww: info.policy == ConflictPolicy::Lww,
             excluded: Vec::new(),
         };
@@ -205,7 +166,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
             .delete(
                 Self::key(&info, &req.name),
                 req.context.map(|c| c.0),
-                req.w.unwrap_or(self.node.settings.w),
+                req.w.unwrap_or(self.node.config().w),
                 info.policy == ConflictPolicy::Lww,
                 ts,
             )
@@ -223,7 +184,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
     async fn get_object(&self, req: GetObject) -> Result<ReadResult, ApiError> {
         let info = self.live_bucket(&req.bucket).await?;
         let key = Self::key(&info, &req.name);
-        let r = req.r.unwrap_or(self.node.settings.r);
+        let r = req.r.unwrap_or(self.node.config().r);
         let lww = info.policy == ConflictPolicy::Lww;
         let node = Arc::clone(&self.node);
         let outcome = node.read(key, r, lww, req.local).await.map_err(|e| self.read_error(e))?;
@@ -256,7 +217,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
         let primaries = node.ring.primary_counts();
         let replicas = node.ring.replica_counts();
         let members: Vec<Value> = node
-            .settings
+            .config()
             .members
             .iter()
             .map(|m| {
@@ -281,8 +242,8 @@ impl<T: Transport> Backend for NodeBackend<T> {
             "ring": {
                 "partitions": node.ring.partitions(),
                 "n": node.ring.n(),
-                "r": node.settings.r,
-                "w": node.settings.w,
+                "r": node.config().r,
+                "w": node.config().w,
             },
             "hints_pending": hints.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
         }))
@@ -295,14 +256,14 @@ impl<T: Transport> Backend for NodeBackend<T> {
         let mut details = Map::new();
         details.insert("storage".into(), json!(if healthy { "ok" } else { "poisoned" }));
         details.insert("members_reachable".into(), json!(reachable));
-        details.insert("members".into(), json!(node.settings.members.len()));
+        details.insert("members".into(), json!(node.config().members.len()));
         Health { healthy, details }
     }
 
     fn metrics_text(&self) -> String {
         let node = &self.node;
         let mut out = String::new();
-        node.metrics.render(&mut out);
+        crate::node::metrics::render(&node.stats(), &mut out);
         let s = node.store.engine().stats();
         let gauges: [(&str, &str, f64); 6] = [
             (
@@ -314,14 +275,14 @@ impl<T: Transport> Backend for NodeBackend<T> {
             ("cairn_engine_total_bytes", "Bytes of all segment files.", s.total_bytes as f64),
             ("cairn_engine_keydir_bytes", "Estimated keydir memory.", s.keydir_bytes as f64),
             ("cairn_engine_healthy", "1 unless a sync failed.", if s.healthy { 1.0 } else { 0.0 }),
-            ("cairn_hints_pending", "Hints held for other nodes.", node.hints.lock().len() as f64),
+            ("cairn_hints_pending", "Hints held for other nodes.", node.hint_count() as f64),
         ];
         for (name, help, v) in gauges {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
         }
         let view = node.view();
         out.push_str("# HELP cairn_member_up 1 if the member is up in this node's view.\n# TYPE cairn_member_up gauge\n");
-        for m in &node.settings.members {
+        for m in &node.config().members {
             let up = view.status(m.as_str()) == Some(cairn_membership::MemberStatus::Up)
                 || m == node.id();
             out.push_str(&format!("cairn_member_up{{member=\"{m}\"}} {}\n", u8::from(up)));

@@ -12,6 +12,9 @@
 //! - after an unclean stop (kill -9, power loss) a new epoch is drawn, because with a sync policy
 //!   other than `always` the tail of the log, and with it the latest counters, may be gone.
 //!
+//! The rule itself is the protocol's ([`cairn_replication::node::start_epoch`]), so the
+//! simulator's restarted nodes follow it too; this module keeps its state in the data directory.
+//!
 //! The cost is one more entry in the version vectors of keys written after each crash.
 
 use std::path::Path;
@@ -37,18 +40,13 @@ pub fn start_epoch(dir: &Path) -> Result<u32, NodeError> {
             return Err(NodeError::Internal(format!("reading {}: {e}", epoch_path.display())));
         }
     };
-    let epoch = match existing {
-        Some(e) if was_clean => e,
-        previous => {
-            let mut rng = rand::rng();
-            loop {
-                let e: u32 = rng.random_range(1..u32::MAX);
-                if Some(e) != previous {
-                    break e;
-                }
-            }
-        }
-    };
+    let mut rng = rand::rng();
+    let epoch = cairn_replication::node::start_epoch(
+        existing,
+        was_clean,
+        || rng.random_range(1..u32::MAX),
+        None,
+    );
     write_durably(dir, EPOCH_FILE, epoch.to_string().as_bytes())?;
     if was_clean {
         std::fs::remove_file(&clean_path)

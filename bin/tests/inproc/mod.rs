@@ -20,7 +20,7 @@ use cairn_membership::testing::{InMemoryNetwork, InMemoryTransport};
 use cairn_node::node::backend::NodeBackend;
 use cairn_node::node::keys::ObjectKey;
 use cairn_node::node::store::Store;
-use cairn_node::node::{Node, Settings, handoff, server};
+use cairn_node::node::{Node, Parts, server};
 use cairn_replication::{Actor, Body, NodeId, SiblingSet};
 use tokio::sync::watch;
 
@@ -126,29 +126,25 @@ impl TestCluster {
             let sync = if setup.disk_faults { SyncPolicy::Always } else { SyncPolicy::Never };
             let options = Options { sync, file_sync: disk.clone(), ..Options::default() };
             let engine = Engine::open(dir.path(), options).unwrap();
-            let settings = Settings {
-                id: NodeId::new(*id).unwrap(),
-                members: members.clone(),
-                partitions: 64,
-                n: 3,
-                r: 2,
-                w: 2,
-                request_timeout: REQUEST_TIMEOUT,
-                max_siblings: cairn_node::node::DEFAULT_MAX_SIBLINGS,
-                read_speculate: cairn_node::node::DEFAULT_READ_SPECULATE,
-                full_read_every: cairn_node::node::DEFAULT_FULL_READ_EVERY,
-            };
-            let node = Node::new(
-                settings,
-                Actor::new(NodeId::new(*id).unwrap(), 1),
-                Store::new(Arc::new(engine)),
+            let mut config = cairn_replication::node::Config::new(
+                NodeId::new(*id).unwrap(),
+                members.clone(),
+                64,
+                3,
+                2,
+                2,
+            );
+            config.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
+            let parts = Parts {
+                config,
+                actor: Actor::new(NodeId::new(*id).unwrap(), 1),
+                store: Store::new(Arc::new(engine)),
                 transport,
-                net.view(id).unwrap(),
-            )
-            .unwrap();
-            tokio::spawn(server::serve(Arc::clone(&node), inbound));
-            let events = net.events(id).unwrap();
-            tokio::spawn(handoff::run(Arc::clone(&node), events, shutdown_rx.clone()));
+                view: net.view(id).unwrap(),
+                events: net.events(id).unwrap(),
+                inbound,
+            };
+            let node = Node::start(parts, shutdown_rx.clone()).unwrap();
             nodes.push(node);
             dirs.push(dir);
             disks.push(disk);
@@ -206,7 +202,7 @@ impl TestCluster {
 
     /// The storage key of `name` in the live bucket `bucket` (as n1 knows it).
     pub async fn key(&self, bucket: &str, name: &str) -> ObjectKey {
-        let info = self.node("n1").bucket(bucket).await.unwrap();
+        let info = self.node("n1").bucket(bucket).unwrap();
         ObjectKey { bucket: bucket.into(), incarnation: info.incarnation, name: name.into() }
     }
 

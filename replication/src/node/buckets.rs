@@ -17,7 +17,7 @@
 //! resolves them the same way ([`resolve`]): the earliest creation wins, ties broken by dot, so all
 //! nodes agree on the incarnation; the loser's files stay unreachable (documented limitation).
 
-use cairn_replication::{Dotted, SiblingSet};
+use crate::dvv::{Dotted, SiblingSet};
 use serde::{Deserialize, Serialize};
 
 /// How a bucket resolves concurrent writes.
@@ -76,7 +76,7 @@ pub fn resolve(name: &str, set: &SiblingSet<BucketEntry>) -> Option<BucketInfo> 
 
 #[cfg(test)]
 mod tests {
-    use cairn_replication::{Actor, NodeId, VersionVector};
+    use crate::{Actor, NodeId, VersionVector};
 
     use super::*;
 

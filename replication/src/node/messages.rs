@@ -4,7 +4,9 @@
 //! ========
 //! Every message is one rmp-serde encoded [`Request`] answered by one [`Response`]. Sibling sets
 //! travel whole (values are inline, bounded by the maximum object size, and the transport enforces
-//! its own message size limit). Every request is idempotent, so a retry after a timeout is safe:
+//! its own message size limit). Every request but `Coordinate` is idempotent, so a retry after a
+//! timeout is safe; a `Coordinate` that timed out may have been applied, and is never sent to
+//! another coordinator (that would store the write twice, under two dots):
 //! - `Replicate` merges a set into the receiver's replica (write fan-out, read repair, hint
 //!   delivery); with `hint_for` the receiver stores it as a hint for that owner instead.
 //!   Answer: `Ack` with the receiver's version vector for the key after the merge.
@@ -17,11 +19,13 @@
 //! Errors come back as `Response::Error` with a stable code; transport failures (timeout,
 //! unreachable) are the transport's errors.
 
-use cairn_replication::{Meta, SiblingSet, VersionVector};
 use serde::{Deserialize, Serialize};
 
+use crate::dvv::{Meta, SiblingSet};
 use crate::node::buckets::BucketEntry;
 use crate::node::keys::ObjectKey;
+use crate::quorum::WriteReport;
+use crate::vclock::{Dot, VersionVector};
 
 /// A request from one node to another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,7 +135,7 @@ pub enum Response {
         set: Option<SiblingSet>,
     },
     /// The outcome of a coordinated write.
-    Written(Box<crate::node::coordinator::WriteOutcome>),
+    Written(Box<WriteOutcome>),
     /// The whole bucket registry.
     Registry {
         /// Every bucket name with its registry entry's set.
@@ -151,9 +155,22 @@ pub enum Response {
     },
 }
 
+/// What a coordinated write did (also sent back to a forwarding node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    /// The coordinator: where the write took place.
+    pub node: String,
+    /// Per-replica report.
+    pub report: WriteReport,
+    /// The causal context after the write (the coordinator's version vector for the key).
+    pub context: VersionVector,
+    /// The dot of the new version.
+    pub dot: Dot,
+}
+
 /// Encodes a message for the transport.
-pub fn encode<T: Serialize>(msg: &T) -> Result<bytes::Bytes, rmp_serde::encode::Error> {
-    rmp_serde::to_vec_named(msg).map(bytes::Bytes::from)
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(msg)
 }
 
 /// Decodes a message from the transport; malformed bytes are an error, never a panic.

@@ -44,7 +44,7 @@ impl ObjectKey {
 
     /// The ring hash of this key.
     pub fn hash(&self) -> u64 {
-        cairn_replication::key_hash(&self.bucket, self.incarnation, &self.name)
+        crate::ring::key_hash(&self.bucket, self.incarnation, &self.name)
     }
 }
 

@@ -1,0 +1,421 @@
+//! What the node asks of its local store, and the pure functions applied inside it.
+//!
+//! LOCAL STORE
+//! ===========
+//! The state machine never touches a disk: it emits a [`StoreOp`] and is told the
+//! [`StoreResult`] later (an [`Event::Stored`](super::Event::Stored)). An executor runs the op
+//! through [`execute`] on a [`LocalStore`]: the engine-backed store of the `cairn` binary, or the
+//! simulator's in-memory store. Both therefore apply exactly the same rules, because the rules
+//! live here, as pure functions the store calls under its per-key lock:
+//! - [`LocalWrite::apply`]: the coordinator's DVV write (context, overwrite, `lww`, sibling limit);
+//! - [`BucketChange::apply`]: creating or deleting a bucket in the registry;
+//! - every other mutation is a DVV merge (`SiblingSet::merge`), idempotent and commutative.
+//!
+//! Durability: every op that changes data returns once it is durable per the sync policy, except
+//! [`StoreOp::Coordinate`], which returns as soon as the new set is in the log and visible, with
+//! the log sequence number to wait for ([`StoreOp::WaitDurable`]). The coordinator sends the write
+//! to the other replicas meanwhile and counts its own acknowledgement only after the wait (a
+//! crash in between loses the local copy of a write no client was told this node stored).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dvv::{Sibling, SiblingSet};
+use crate::error::{Error, Result};
+use crate::id::{Actor, NodeId};
+use crate::node::buckets::{self, BucketEntry, ConflictPolicy};
+use crate::node::keys::{HintKey, ObjectKey};
+use crate::node::messages::ListEntry;
+use crate::vclock::{Dot, VersionVector};
+
+/// The coordinator's step of a client write, applied to the stored set under the key's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalWrite {
+    /// The new version (bytes or a tombstone).
+    pub value: Sibling,
+    /// The causal context the client read (`None`: a blind write).
+    pub context: Option<VersionVector>,
+    /// Supersede everything the coordinator holds (and what `context` covers).
+    pub overwrite: bool,
+    /// Resolve by last-writer-wins after the write (`lww` buckets).
+    pub lww: bool,
+    /// The coordinator's actor: the new dot's.
+    pub actor: Actor,
+    /// Most siblings the result may hold.
+    pub max_siblings: usize,
+}
+
+impl LocalWrite {
+    /// Applies the write to `set` (the key's stored set, empty if none) and returns the new dot.
+    /// Refused with `TooManySiblings`, `set` unchanged, when the result would hold too many.
+    pub fn apply(&self, set: &mut SiblingSet) -> Result<Dot> {
+        // Overwrite: everything this coordinator holds, plus what the request's context covers
+        // (a delete without a client context carries its quorum read's).
+        let ctx = if self.overwrite || self.lww {
+            let mut c = set.join();
+            if let Some(read) = &self.context {
+                c.merge(read);
+            }
+            c
+        } else {
+            self.context.clone().unwrap_or_default()
+        };
+        let dot = set.write(&ctx, self.value.clone(), &self.actor, self.max_siblings)?;
+        if self.lww {
+            set.resolve_lww();
+        }
+        Ok(dot)
+    }
+}
+
+/// A change of the bucket registry coordinated by this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketChange {
+    /// Create the bucket (`BucketAlreadyExists` if a live one exists).
+    Create {
+        /// Random id of the new incarnation (drawn by the executor).
+        incarnation: u64,
+        /// Conflict policy.
+        policy: ConflictPolicy,
+        /// Wall-clock creation time, ms since the Unix epoch.
+        created_ms: u64,
+    },
+    /// Delete the bucket (`NoSuchBucket` if none is live).
+    Delete {
+        /// Wall-clock time of the delete, ms since the Unix epoch.
+        at_ms: u64,
+    },
+}
+
+impl BucketChange {
+    /// Applies the change to the registry set of `name`, superseding everything this node holds
+    /// for the name (its whole version vector is the context).
+    pub fn apply(
+        &self,
+        name: &str,
+        set: &mut SiblingSet<BucketEntry>,
+        actor: &Actor,
+    ) -> Result<()> {
+        let live = buckets::resolve(name, set).is_some();
+        let entry = match *self {
+            BucketChange::Create { .. } if live => {
+                return Err(Error::BucketAlreadyExists(name.to_owned()));
+            }
+            BucketChange::Delete { .. } if !live => {
+                return Err(Error::NoSuchBucket(name.to_owned()));
+            }
+            BucketChange::Create { incarnation, policy, created_ms } => {
+                BucketEntry { incarnation, policy, created_ms, deleted: false }
+            }
+            BucketChange::Delete { at_ms } => BucketEntry {
+                incarnation: 0,
+                policy: ConflictPolicy::default(),
+                created_ms: at_ms,
+                deleted: true,
+            },
+        };
+        let ctx = set.join();
+        set.update(&ctx, entry, actor);
+        Ok(())
+    }
+}
+
+/// The data a hint holds: an object's set or a registry entry's set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HintSet {
+    /// An object's sibling set.
+    Object(SiblingSet),
+    /// A bucket registry entry's set.
+    Bucket(SiblingSet<BucketEntry>),
+}
+
+impl HintSet {
+    /// The set's version vector.
+    pub fn join(&self) -> VersionVector {
+        match self {
+            HintSet::Object(s) => s.join(),
+            HintSet::Bucket(s) => s.join(),
+        }
+    }
+}
+
+/// The local store, as the node's protocol needs it. Every method is synchronous and may block
+/// on the disk; every mutation is atomic per key.
+pub trait LocalStore {
+    /// Applies `write` to the key's set and merges the result into the hint held for each of
+    /// `hint_owners`; visible at once, durable only after [`LocalStore::wait_durable`] of the
+    /// returned sequence number. Returns the new set, its dot and each hint's version vector.
+    fn coordinate(
+        &self,
+        key: &ObjectKey,
+        write: &LocalWrite,
+        hint_owners: &[NodeId],
+    ) -> Result<Coordinated>;
+
+    /// Waits until everything up to `lsn` is durable per the sync policy.
+    fn wait_durable(&self, lsn: u64) -> Result<()>;
+
+    /// Merges `set` into the replica of `key`; returns its version vector (durable).
+    fn apply(&self, key: &ObjectKey, set: &SiblingSet) -> Result<VersionVector>;
+
+    /// Merges `set` into the hint held for (`owner`, `key`); returns its version vector (durable).
+    fn store_hint(&self, owner: &NodeId, key: &HintKey, set: &HintSet) -> Result<VersionVector>;
+
+    /// The replica of `key` merged with every hint held for it for one of `owners`.
+    fn read(&self, key: &ObjectKey, owners: &[NodeId]) -> Result<Option<SiblingSet>>;
+
+    /// The hint held for (`owner`, `key`).
+    fn hinted(&self, owner: &NodeId, key: &HintKey) -> Result<Option<HintSet>>;
+
+    /// Removes the hint for (`owner`, `key`) if its stored version is covered by `delivered`;
+    /// returns whether it was removed.
+    fn remove_hint_if_delivered(
+        &self,
+        owner: &NodeId,
+        key: &HintKey,
+        delivered: &VersionVector,
+    ) -> Result<bool>;
+
+    /// The registry entry of bucket `name`.
+    fn bucket(&self, name: &str) -> Result<Option<SiblingSet<BucketEntry>>>;
+
+    /// Applies `change` (by `actor`) to the registry entry of `name`; returns the new set
+    /// (durable).
+    fn change_bucket(
+        &self,
+        name: &str,
+        change: &BucketChange,
+        actor: &Actor,
+    ) -> Result<SiblingSet<BucketEntry>>;
+
+    /// Merges `set` into the registry entry of `name`; returns the merged set (durable; writes
+    /// nothing when the merge changes nothing).
+    fn apply_bucket(
+        &self,
+        name: &str,
+        set: &SiblingSet<BucketEntry>,
+    ) -> Result<SiblingSet<BucketEntry>>;
+
+    /// The whole registry.
+    fn registry(&self) -> Result<Vec<(String, SiblingSet<BucketEntry>)>>;
+
+    /// Live objects of one bucket incarnation, in name order, after `start_after`, at most
+    /// `limit` (names and metadata only).
+    fn list(
+        &self,
+        bucket: &str,
+        incarnation: u64,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ListEntry>>;
+
+    /// Every hint held, as (owner, key, version): the hint book is rebuilt from it at start.
+    fn all_hints(&self) -> Result<Vec<(NodeId, HintKey, VersionVector)>>;
+
+    /// Mutant `stale-read-repair` only: replaces the replica of `key` with `set` (no merge).
+    /// Only the simulator's store implements it.
+    #[cfg(feature = "mutants")]
+    fn overwrite(&self, key: &ObjectKey, set: &SiblingSet) -> Result<VersionVector> {
+        let _ = (key, set);
+        Err(Error::Internal("this store does not run mutants".into()))
+    }
+}
+
+/// What [`LocalStore::coordinate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coordinated {
+    /// The key's set after the write.
+    pub set: SiblingSet,
+    /// The new version's dot.
+    pub dot: Dot,
+    /// Each hint owner's hint version vector after the merge, in the order given.
+    pub hint_versions: Vec<VersionVector>,
+    /// The log position to wait for before the write is durable here.
+    pub lsn: u64,
+}
+
+/// One request to the local store (see [`LocalStore`] for each one's meaning).
+#[derive(Debug, Clone)]
+pub enum StoreOp {
+    /// [`LocalStore::coordinate`].
+    Coordinate {
+        /// The object.
+        key: ObjectKey,
+        /// The write.
+        write: LocalWrite,
+        /// Owners to keep a hint for.
+        hint_owners: Vec<NodeId>,
+    },
+    /// [`LocalStore::wait_durable`].
+    WaitDurable {
+        /// Log position.
+        lsn: u64,
+    },
+    /// [`LocalStore::apply`].
+    Apply {
+        /// The object.
+        key: ObjectKey,
+        /// The set to merge.
+        set: Arc<SiblingSet>,
+    },
+    /// [`LocalStore::store_hint`].
+    StoreHint {
+        /// The owner the hint is for.
+        owner: NodeId,
+        /// What it is for.
+        key: HintKey,
+        /// The data.
+        set: HintSet,
+    },
+    /// [`LocalStore::read`].
+    Read {
+        /// The object.
+        key: ObjectKey,
+        /// Ring members whose hints count.
+        owners: Arc<Vec<NodeId>>,
+    },
+    /// [`LocalStore::hinted`].
+    ReadHint {
+        /// The owner.
+        owner: NodeId,
+        /// What the hint is for.
+        key: HintKey,
+    },
+    /// [`LocalStore::remove_hint_if_delivered`].
+    RemoveHint {
+        /// The owner.
+        owner: NodeId,
+        /// What the hint is for.
+        key: HintKey,
+        /// What the owner acknowledged.
+        delivered: VersionVector,
+    },
+    /// [`LocalStore::change_bucket`].
+    ChangeBucket {
+        /// Bucket name.
+        name: String,
+        /// The change.
+        change: BucketChange,
+        /// This node's actor.
+        actor: Actor,
+    },
+    /// [`LocalStore::apply_bucket`].
+    ApplyBucket {
+        /// Bucket name.
+        name: String,
+        /// The registry set to merge.
+        set: SiblingSet<BucketEntry>,
+    },
+    /// Merges every entry of a peer's registry (registry anti-entropy); counts those that
+    /// changed something here.
+    ApplyRegistry {
+        /// The peer's registry.
+        entries: Vec<(String, SiblingSet<BucketEntry>)>,
+    },
+    /// [`LocalStore::registry`].
+    Registry,
+    /// [`LocalStore::list`].
+    List {
+        /// Bucket name.
+        bucket: String,
+        /// Bucket incarnation.
+        incarnation: u64,
+        /// Name prefix.
+        prefix: String,
+        /// Cursor.
+        start_after: Option<String>,
+        /// Page size.
+        limit: usize,
+    },
+    /// [`LocalStore::overwrite`] (mutant `stale-read-repair` only).
+    #[cfg(feature = "mutants")]
+    Overwrite {
+        /// The object.
+        key: ObjectKey,
+        /// The set that replaces the replica.
+        set: Arc<SiblingSet>,
+    },
+}
+
+impl StoreOp {
+    /// True for ops that only read: an executor may run them inline (they never wait for a sync).
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            StoreOp::Read { .. }
+                | StoreOp::ReadHint { .. }
+                | StoreOp::Registry
+                | StoreOp::List { .. }
+        )
+    }
+}
+
+/// The result of a [`StoreOp`].
+#[derive(Debug, Clone)]
+pub enum StoreResult {
+    /// Of `Coordinate`.
+    Coordinated(Coordinated),
+    /// Of `WaitDurable`.
+    Durable,
+    /// Of `Apply`, `StoreHint` (and `Overwrite`): the version vector stored.
+    Merged(VersionVector),
+    /// Of `Read`.
+    Set(Option<SiblingSet>),
+    /// Of `ReadHint`.
+    Hinted(Option<HintSet>),
+    /// Of `RemoveHint`: whether it was removed.
+    Removed(bool),
+    /// Of `ChangeBucket` and `ApplyBucket`: the registry entry's set.
+    Bucket(SiblingSet<BucketEntry>),
+    /// Of `ApplyRegistry`: entries that changed.
+    Changed(usize),
+    /// Of `Registry`.
+    Registry(Vec<(String, SiblingSet<BucketEntry>)>),
+    /// Of `List`.
+    Listing(Vec<ListEntry>),
+}
+
+/// Runs `op` on `store`.
+pub fn execute<S: LocalStore + ?Sized>(store: &S, op: StoreOp) -> Result<StoreResult> {
+    Ok(match op {
+        StoreOp::Coordinate { key, write, hint_owners } => {
+            StoreResult::Coordinated(store.coordinate(&key, &write, &hint_owners)?)
+        }
+        StoreOp::WaitDurable { lsn } => {
+            store.wait_durable(lsn)?;
+            StoreResult::Durable
+        }
+        StoreOp::Apply { key, set } => StoreResult::Merged(store.apply(&key, &set)?),
+        StoreOp::StoreHint { owner, key, set } => {
+            StoreResult::Merged(store.store_hint(&owner, &key, &set)?)
+        }
+        StoreOp::Read { key, owners } => StoreResult::Set(store.read(&key, &owners)?),
+        StoreOp::ReadHint { owner, key } => StoreResult::Hinted(store.hinted(&owner, &key)?),
+        StoreOp::RemoveHint { owner, key, delivered } => {
+            StoreResult::Removed(store.remove_hint_if_delivered(&owner, &key, &delivered)?)
+        }
+        StoreOp::ChangeBucket { name, change, actor } => {
+            StoreResult::Bucket(store.change_bucket(&name, &change, &actor)?)
+        }
+        StoreOp::ApplyBucket { name, set } => StoreResult::Bucket(store.apply_bucket(&name, &set)?),
+        StoreOp::ApplyRegistry { entries } => {
+            let mut changed = 0;
+            for (name, set) in entries {
+                let before = store.bucket(&name)?;
+                if before.as_ref().is_none_or(|b| !b.covers(&set)) {
+                    store.apply_bucket(&name, &set)?;
+                    changed += 1;
+                }
+            }
+            StoreResult::Changed(changed)
+        }
+        StoreOp::Registry => StoreResult::Registry(store.registry()?),
+        StoreOp::List { bucket, incarnation, prefix, start_after, limit } => StoreResult::Listing(
+            store.list(&bucket, incarnation, &prefix, start_after.as_deref(), limit)?,
+        ),
+        #[cfg(feature = "mutants")]
+        StoreOp::Overwrite { key, set } => StoreResult::Merged(store.overwrite(&key, &set)?),
+    })
+}
