@@ -16,20 +16,16 @@
 //! - [`ring`]: partitions, `key_hash`, balanced assignment, (extended) preference lists.
 //! - [`quorum`]: sloppy-quorum target planning, `WriteCoordinator`, `ReadCoordinator`, read repair.
 //! - [`hints`]: `HintBook`, the index of hinted-handoff data held for other owners.
+//! - [`node`]: the node's whole protocol as a state machine (`NodeCore`: events in, actions out),
+//!   built from the pieces above; its keys, wire messages, store operations and bucket registry.
 //! - [`error`]: the crate's `Error` and `Result`.
 //!
-//! # How the node drives it
-//! 1. Key -> [`ring::key_hash`] -> [`Ring::partition_of`] -> [`Ring::extended_preference_list`].
-//! 2. Write: [`quorum::coordinator_for`] says who coordinates (forward if not us). The coordinator
-//!    builds a [`WriteCoordinator`], applies [`SiblingSet::update`] under the engine's per-key
-//!    lock to the merge of everything it holds for the key (replica and hint sets, so no counter
-//!    is reused) and stores the result (its own acknowledgement), sends the new set to the other targets (a fallback
-//!    merges it into its hint set and [`HintBook::record`]s it), feeds acks/failures/timeout, and
-//!    answers from [`Outcome`].
-//! 3. Read: a [`ReadCoordinator`] merges replies; [`ReadCoordinator::repairs`] lists replicas to
-//!    send the merged set to.
-//! 4. When an owner becomes reachable, [`HintBook::take_batch`] gives the hints to deliver; the
-//!    owner merges, and [`HintBook::acknowledge`] removes them.
+//! # Who runs it
+//! [`node::NodeCore`] is driven by an executor that performs its actions: the `cairn` binary's
+//! (`bin/src/node/`, over the storage engine and the libp2p data plane) and the whole-cluster
+//! simulator's (`tools/sim/`, over in-memory stores and a simulated network and clock). Both run
+//! the same rules; the simulator checks them under crashes, partitions, pauses, drops, duplicates
+//! and clock skew, from one seed.
 //!
 //! RING
 //! ====
