@@ -19,7 +19,8 @@
 //! The machines do no I/O: the node sends to [`WriteCoordinator::targets`], feeds replies and
 //! failures in with `on_*`, calls `on_timeout` when its timer fires, and renders
 //! [`Outcome`]. With W + R > N, a read quorum intersects every successful write quorum *after*
-//! hinted handoff has delivered the fallbacks' copies to their owners (see `tests/cluster.rs`).
+//! hinted handoff has delivered the fallbacks' copies to their owners (the whole-cluster simulator,
+//! `tools/sim`, checks it).
 //!
 //! READ REPAIR
 //! ===========

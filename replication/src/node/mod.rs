@@ -532,7 +532,7 @@ enum StoreCont {
     LocalDurable { flow: u64 },
     LocalRead { flow: u64 },
     LocalGet { client: ClientId, lww: bool },
-    LocalRepair,
+    LocalRepair { hint: Option<(NodeId, HintKey)> },
     MissedHint { flow: u64, owner: NodeId },
     Inbound { id: InboundId, hint: Option<(NodeId, HintKey)> },
     HintRead { owner: NodeId, key: HintKey, version: VersionVector },
@@ -840,10 +840,14 @@ impl NodeCore {
                 };
                 self.out.push(Action::Answer { id: client, result });
             }
-            StoreCont::LocalRepair => {
+            StoreCont::LocalRepair { hint } => {
                 self.background_ops = self.background_ops.saturating_sub(1);
-                if result.is_ok() {
+                if let Ok(stored) = result {
                     self.stats.read_repairs += 1;
+                    if let (Some((owner, key)), StoreResult::Merged(vv)) = (hint, stored) {
+                        self.hints.record(key, owner, &vv);
+                        self.stats.hints_stored += 1;
+                    }
                 }
             }
             StoreCont::MissedHint { flow, owner } => self.missed_hint_stored(flow, owner, result),

@@ -170,16 +170,19 @@ impl NodeCore {
         for t in repairs {
             self.background_ops += 1;
             if t.node == self.config.id {
-                let op = match &t.hint_for {
-                    Some(owner) => StoreOp::StoreHint {
+                // This node is a fallback for `hint_for`: the repair is a hint, recorded in the
+                // book when stored (or it would never be delivered; found by the simulator).
+                let hint = t.hint_for.clone().map(|owner| (owner, HintKey::Object(key.clone())));
+                let op = match &hint {
+                    Some((owner, hk)) => StoreOp::StoreHint {
                         owner: owner.clone(),
-                        key: HintKey::Object(key.clone()),
+                        key: hk.clone(),
                         set: HintSet::Object((*merged).clone()),
                     },
                     None if stale => stale_repair_op(key, &merged),
                     None => StoreOp::Apply { key: key.clone(), set: Arc::clone(&merged) },
                 };
-                self.store(op, StoreCont::LocalRepair);
+                self.store(op, StoreCont::LocalRepair { hint });
             } else {
                 let msg = Arc::new(Request::Replicate {
                     key: key.clone(),

@@ -45,7 +45,10 @@ fn put(key: &ObjectKey) -> ClientOp {
     }
 }
 
-fn sends(actions: &[Action]) -> Vec<(ReqId, NodeId, Arc<Request>)> {
+/// The `Send` actions: (id, peer, request).
+type Sends = Vec<(ReqId, NodeId, Arc<Request>)>;
+
+fn sends(actions: &[Action]) -> Sends {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -113,7 +116,7 @@ fn a_forward_that_was_never_delivered_goes_to_the_next_candidate_naming_the_skip
 
 /// Drives a write coordinated by n1 up to the fan-out; returns the core, the fan-out sends and
 /// the WaitDurable op id.
-fn coordinated_write() -> (NodeCore, Vec<(ReqId, NodeId, Arc<Request>)>, ReqId) {
+fn coordinated_write() -> (NodeCore, Sends, ReqId) {
     let mut c = core("n1");
     let key = key_owned_first_by(&c, "n1");
     c.step(1, Event::Client { id: ClientId(9), op: put(&key) });
@@ -266,4 +269,39 @@ fn epochs_change_after_an_unclean_stop_only() {
         if calls == 1 { 7 } else { same() + 1 }
     };
     assert_eq!(start_epoch(Some(7), false, &mut seq, None), 8, "never the previous epoch");
+}
+
+/// Regression (found by the whole-cluster simulator, `tools/sim`, seed 1): a read coordinated
+/// by a node that is the read's fallback target (an owner is down) repairs its own copy under
+/// a hint for that owner. The hint must be recorded in the book, or it is never delivered (not
+/// before a restart rebuilds the book from the store) and stays in the store forever.
+#[test]
+fn a_read_repair_stored_as_a_local_hint_is_recorded_for_delivery() {
+    let mut c = core("n4");
+    // n4 holds nothing for a key n1, n2, n3 own; n1 is down: n4 stands in for it.
+    let key = (0..10_000)
+        .map(|i| ObjectKey { bucket: "b".into(), incarnation: 1, name: format!("k{i}") })
+        .find(|k| c.extended(k)[0].as_str() == "n1" && c.extended(k)[3].as_str() == "n4")
+        .unwrap();
+    c.step(0, Event::View { up: ["n2", "n3", "n4"].into_iter().map(id).collect() });
+    let mut held = SiblingSet::new();
+    held.update(&VersionVector::new(), crate::dvv::Sibling::tombstone(1), &Actor::new(id("n2"), 1));
+    let get = ClientOp::Get { key, r: 2, lww: false, local: false };
+    c.step(1, Event::Client { id: ClientId(1), op: get });
+    let a = c.take_actions();
+    for (rid, op) in stores(&a) {
+        assert!(matches!(op, StoreOp::Read { .. }), "{op:?}");
+        c.step(2, Event::Stored { id: rid, result: Ok(StoreResult::Set(None)) });
+    }
+    for (rid, ..) in sends(&a) {
+        let response = Response::Set { set: Some(held.clone()) };
+        c.step(3, Event::Reply { id: rid, result: Ok(response) });
+    }
+    let a = c.take_actions();
+    assert!(matches!(answers(&a)[..], [Ok(Answer::Read(_))]), "{a:?}");
+    let [(hid, StoreOp::StoreHint { owner, .. })] = &stores(&a)[..] else { panic!("{a:?}") };
+    assert_eq!(owner.as_str(), "n1", "the repair of n4's copy is a hint for n1");
+    c.step(4, Event::Stored { id: *hid, result: Ok(StoreResult::Merged(held.join())) });
+    assert_eq!(c.hints_pending().get(&id("n1")), Some(&1), "and the book knows it");
+    assert_eq!(c.in_flight(), 0);
 }

@@ -15,15 +15,24 @@
 //! - `client.rs`: the HTTP operations (reads resolving siblings) classified into outcomes.
 //! - `workload.rs`: the client loops, the fault executor, the read-back and agreement checks.
 //! - `crash.rs`: the crash-durability mode.
+//!
+//! Everything but `history` needs the default feature `harness`; without it the crate is only
+//! the checker, which the whole-cluster simulator (`tools/sim`) reuses.
 
+#[cfg(feature = "harness")]
 pub mod client;
+#[cfg(feature = "harness")]
 pub mod cluster;
+#[cfg(feature = "harness")]
 pub mod crash;
 pub mod history;
+#[cfg(feature = "harness")]
 pub mod schedule;
+#[cfg(feature = "harness")]
 pub mod workload;
 
 /// Errors of the harness itself (not findings of the checker, which are data).
+#[cfg(feature = "harness")]
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -44,6 +53,7 @@ pub enum Error {
     Protocol(String),
 }
 
+#[cfg(feature = "harness")]
 impl Error {
     /// True for errors a later attempt may not meet (transport errors, 5xx answers): the cluster
     /// may be faulted or still recovering.
@@ -57,4 +67,5 @@ impl Error {
 }
 
 /// Result of the harness's fallible steps.
+#[cfg(feature = "harness")]
 pub type Result<T> = std::result::Result<T, Error>;
