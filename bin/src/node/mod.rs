@@ -115,6 +115,9 @@ pub struct Node<T: Transport> {
     /// The membership view, published by the membership task (the sender). Read to know who is
     /// reachable; closed only when membership stops.
     view: watch::Receiver<MemberView>,
+    /// A second receiver of the view, only to tell cheaply (no allocation) whether it changed
+    /// since the core was last told, before stepping a request (see [`Node::step_into`]).
+    view_seen: Mutex<watch::Receiver<MemberView>>,
 }
 
 impl<T: Transport> Node<T> {
@@ -141,6 +144,7 @@ impl<T: Transport> Node<T> {
             next_id: AtomicU64::new(1),
             rearm: Notify::new(),
             stepped: Notify::new(),
+            view_seen: Mutex::new(parts.view.clone()),
             view: parts.view,
         });
         node.step(Event::View { up: node.reachable() });
@@ -236,12 +240,22 @@ impl<T: Transport> Node<T> {
 
     fn step_into(&self, event: Event, queue: &mut VecDeque<Action>) {
         // A request is planned with the freshest view (the membership task's `View` event may
-        // not have been stepped yet): the set of members up is small and cheap to build.
+        // not have been stepped yet). Checking costs a lock and a version compare; the set is
+        // built only when the view changed.
         let fresh_view = match &event {
-            Event::Client { .. } | Event::Inbound { .. } => Some(self.reachable()),
+            Event::Client { .. } | Event::Inbound { .. } => {
+                let mut seen = self.view_seen.lock();
+                if seen.has_changed().unwrap_or(false) {
+                    seen.borrow_and_update();
+                    drop(seen);
+                    Some(self.reachable())
+                } else {
+                    None
+                }
+            }
             _ => None,
         };
-        let (actions, rearm) = {
+        let rearm = {
             let mut core = self.core.lock();
             let before = core.next_deadline();
             let now = self.now_ms();
@@ -257,13 +271,13 @@ impl<T: Transport> Node<T> {
                 (None, Some(_)) => true,
                 (Some(b), Some(a)) => a < b,
             };
-            (core.take_actions(), earlier)
+            queue.extend(core.drain_actions());
+            earlier
         };
         if rearm {
             self.rearm.notify_one();
         }
         self.stepped.notify_waiters();
-        queue.extend(actions);
     }
 
     fn perform(self: &Arc<Self>, mut queue: VecDeque<Action>) {

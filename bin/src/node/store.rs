@@ -163,19 +163,20 @@ impl LocalStore for Store {
     fn coordinate(
         &self,
         key: &ObjectKey,
-        write: &LocalWrite,
+        write: LocalWrite,
         hint_owners: &[NodeId],
     ) -> Result<Coordinated> {
         let mut dot = None;
+        let max_siblings = write.max_siblings;
         let (set, mut pending) = rewrite_set_deferred(
             &self.engine,
             Keyspace::Object,
             &key.encode(),
             |set, _| {
                 dot = Some(write.apply(set)?);
-                if set.len() > write.max_siblings / 2 {
+                if set.len() > max_siblings / 2 {
                     tracing::warn!(
-                        key = %key.name, siblings = set.len(), limit = write.max_siblings,
+                        key = %key.name, siblings = set.len(), limit = max_siblings,
                         "many concurrent versions: clients should write back with the read's context"
                     );
                 }

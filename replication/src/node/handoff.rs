@@ -81,7 +81,7 @@ impl NodeCore {
                 let vv = set.join();
                 let msg = match (set, &key) {
                     (HintSet::Object(set), HintKey::Object(k)) => {
-                        Request::Replicate { key: k.clone(), set, hint_for: None }
+                        Request::Replicate { key: k.clone(), set: Arc::new(set), hint_for: None }
                     }
                     (HintSet::Bucket(set), HintKey::Bucket(name)) => {
                         Request::BucketReplicate { name: name.clone(), set, hint_for: None }

@@ -24,12 +24,12 @@ impl NodeCore {
                     let op = StoreOp::StoreHint {
                         owner: owner.clone(),
                         key: hk.clone(),
-                        set: HintSet::Object(set),
+                        set: HintSet::Object(Arc::unwrap_or_clone(set)),
                     };
                     self.store(op, StoreCont::Inbound { id, hint: Some((owner, hk)) });
                 }
                 Ok(None) => {
-                    let op = StoreOp::Apply { key, set: Arc::new(set) };
+                    let op = StoreOp::Apply { key, set };
                     self.store(op, StoreCont::Inbound { id, hint: None });
                 }
                 Err(e) => self.respond_error(id, e),

@@ -19,6 +19,8 @@
 //! Errors come back as `Response::Error` with a stable code; transport failures (timeout,
 //! unreachable) are the transport's errors.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::dvv::{Meta, SiblingSet};
@@ -34,8 +36,8 @@ pub enum Request {
     Replicate {
         /// The object.
         key: ObjectKey,
-        /// The sibling set to merge.
-        set: SiblingSet,
+        /// The sibling set to merge (shared by the targets of one fan-out; encoded as the set).
+        set: Arc<SiblingSet>,
         /// When the receiver stands in for an unreachable owner: that owner.
         hint_for: Option<String>,
     },

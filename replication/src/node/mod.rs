@@ -708,6 +708,12 @@ impl NodeCore {
         std::mem::take(&mut self.out)
     }
 
+    /// The actions emitted since the last call, drained (the buffer keeps its capacity: an
+    /// executor stepping thousands of events a second allocates no new one per step).
+    pub fn drain_actions(&mut self) -> std::vec::Drain<'_, Action> {
+        self.out.drain(..)
+    }
+
     /// Processes one event at time `now` (never earlier than a previous step's), then fires the
     /// timers due by `now`.
     pub fn step(&mut self, now: Millis, event: Event) {

@@ -186,7 +186,7 @@ impl NodeCore {
             } else {
                 let msg = Arc::new(Request::Replicate {
                     key: key.clone(),
-                    set: (*merged).clone(),
+                    set: Arc::clone(&merged),
                     hint_for: t.hint_for.as_ref().map(|o| o.to_string()),
                 });
                 self.send(t.node.clone(), msg, MsgCont::Repair { node: t.node.clone() });

@@ -49,9 +49,11 @@ pub struct LocalWrite {
 impl LocalWrite {
     /// Applies the write to `set` (the key's stored set, empty if none) and returns the new dot.
     /// Refused with `TooManySiblings`, `set` unchanged, when the result would hold too many.
-    pub fn apply(&self, set: &mut SiblingSet) -> Result<Dot> {
+    /// Consumes the write: the new version's content moves into the set, never copied.
+    pub fn apply(self, set: &mut SiblingSet) -> Result<Dot> {
         // Overwrite: everything this coordinator holds, plus what the request's context covers
         // (a delete without a client context carries its quorum read's).
+        let lww = self.lww;
         let ctx = if self.overwrite || self.lww {
             let mut c = set.join();
             if let Some(read) = &self.context {
@@ -59,10 +61,10 @@ impl LocalWrite {
             }
             c
         } else {
-            self.context.clone().unwrap_or_default()
+            self.context.unwrap_or_default()
         };
-        let dot = set.write(&ctx, self.value.clone(), &self.actor, self.max_siblings)?;
-        if self.lww {
+        let dot = set.write(&ctx, self.value, &self.actor, self.max_siblings)?;
+        if lww {
             set.resolve_lww();
         }
         Ok(dot)
@@ -149,7 +151,7 @@ pub trait LocalStore {
     fn coordinate(
         &self,
         key: &ObjectKey,
-        write: &LocalWrite,
+        write: LocalWrite,
         hint_owners: &[NodeId],
     ) -> Result<Coordinated>;
 
@@ -381,7 +383,7 @@ pub enum StoreResult {
 pub fn execute<S: LocalStore + ?Sized>(store: &S, op: StoreOp) -> Result<StoreResult> {
     Ok(match op {
         StoreOp::Coordinate { key, write, hint_owners } => {
-            StoreResult::Coordinated(store.coordinate(&key, &write, &hint_owners)?)
+            StoreResult::Coordinated(store.coordinate(&key, write, &hint_owners)?)
         }
         StoreOp::WaitDurable { lsn } => {
             store.wait_durable(lsn)?;

@@ -123,7 +123,7 @@ fn coordinated_write() -> (NodeCore, Sends, ReqId) {
     let a = c.take_actions();
     let [(sid, StoreOp::Coordinate { write, .. })] = &stores(&a)[..] else { panic!("{a:?}") };
     let mut set = SiblingSet::new();
-    let dot = write.apply(&mut set).unwrap();
+    let dot = write.clone().apply(&mut set).unwrap();
     c.step(
         2,
         Event::Stored {
@@ -232,7 +232,7 @@ fn a_replicate_for_another_owner_is_kept_as_a_hint_and_acknowledged() {
     let key = key_owned_first_by(&c, "n1");
     let mut set = SiblingSet::new();
     set.update(&VersionVector::new(), crate::dvv::Sibling::tombstone(1), &Actor::new(id("n2"), 1));
-    let req = Request::Replicate { key, set, hint_for: Some("n1".into()) };
+    let req = Request::Replicate { key, set: Arc::new(set), hint_for: Some("n1".into()) };
     c.step(1, Event::Inbound { id: InboundId(5), from: id("n2"), request: req });
     let a = c.take_actions();
     let [(sid, StoreOp::StoreHint { owner, .. })] = &stores(&a)[..] else { panic!("{a:?}") };

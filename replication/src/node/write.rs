@@ -75,6 +75,8 @@ pub(super) struct WriteFlow {
     /// After the local step: the new set, its dot, the context.
     written: Option<(Arc<SiblingSet>, Dot, VersionVector)>,
     started: u64,
+    /// The request timeout's timer, once armed.
+    deadline: Option<u64>,
     answer_at: Option<u64>,
     /// The client (or forwarding peer) has its answer.
     pub(super) answered: bool,
@@ -258,6 +260,7 @@ impl NodeCore {
                 local_hint,
                 written: None,
                 started: self.now,
+                deadline: None,
                 answer_at: None,
                 answered: false,
                 settled: false,
@@ -300,7 +303,7 @@ impl NodeCore {
                 None => {
                     let m = Arc::new(Request::Replicate {
                         key: key.clone(),
-                        set: (*set).clone(),
+                        set: Arc::clone(&set),
                         hint_for: t.hint_for.as_ref().map(|o| o.to_string()),
                     });
                     shared.push((t.hint_for.clone(), Arc::clone(&m)));
@@ -311,6 +314,9 @@ impl NodeCore {
         }
         let deadline = self.now + self.config.request_timeout_ms;
         self.timer(deadline, Timer::WriteDeadline(flow));
+        if let Some(w) = self.writes.get_mut(&flow) {
+            w.deadline = Some(deadline);
+        }
         if self.mutated(Mutant::QuorumBeforeLocalSync) {
             let me = self.config.id.clone();
             if let Some(w) = self.writes.get_mut(&flow) {
@@ -475,14 +481,16 @@ impl NodeCore {
             && w.answered
             && w.settled
             && w.hint_stores == 0
+            && let Some(w) = self.writes.remove(&flow)
         {
-            self.writes.remove(&flow);
+            self.forget_write_timers(flow, &w);
         }
     }
 
     /// The local step failed: answer the error, nothing was sent.
     fn fail_write(&mut self, flow: u64, e: Error) {
         if let Some(w) = self.writes.remove(&flow) {
+            self.forget_write_timers(flow, &w);
             match w.reply {
                 ReplyTo::Client(id) => self.answer(id, Err(e)),
                 ReplyTo::Peer(id) => self.respond(
@@ -490,6 +498,16 @@ impl NodeCore {
                     Response::Error { code: e.code().to_owned(), message: e.to_string() },
                 ),
             }
+        }
+    }
+
+    /// Removes a finished write's timers (a stale timer would still wake the executor).
+    fn forget_write_timers(&mut self, flow: u64, w: &WriteFlow) {
+        if let Some(at) = w.deadline {
+            self.timers.remove(&(at, Timer::WriteDeadline(flow)));
+        }
+        if let Some(at) = w.answer_at {
+            self.timers.remove(&(at, Timer::WriteAnswer(flow)));
         }
     }
 

@@ -296,7 +296,7 @@ impl LocalStore for MemStore {
     fn coordinate(
         &self,
         key: &ObjectKey,
-        write: &LocalWrite,
+        write: LocalWrite,
         hint_owners: &[NodeId],
     ) -> Result<Coordinated> {
         let mut log = self.log.borrow_mut();
@@ -482,7 +482,7 @@ mod tests {
     }
 
     fn coordinated(s: &MemStore, k: &str, v: &str, hint_owners: &[NodeId]) -> Coordinated {
-        s.coordinate(&key(k), &write(v), hint_owners).unwrap()
+        s.coordinate(&key(k), write(v), hint_owners).unwrap()
     }
 
     #[test]
