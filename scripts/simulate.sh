@@ -4,6 +4,8 @@
 #
 #   scripts/simulate.sh                          # the default seed count (about a minute)
 #   scripts/simulate.sh --seed S [--nodes K]     # replay one seed exactly
+#   scripts/simulate.sh --membership             # with membership changes (add, then
+#                                                # decommission or force-remove) during the faults
 #   scripts/simulate.sh --mutant NAME            # a planted bug: must fail (exit 1)
 #   scripts/simulate.sh --list-mutants
 #   scripts/simulate.sh --release --seeds 100000 # the long soak (about 2.5 hours on 2 cores)

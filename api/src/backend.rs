@@ -57,6 +57,17 @@ impl std::str::FromStr for ConflictPolicy {
     }
 }
 
+/// A membership change requested through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Add a connected node.
+    Add(String),
+    /// Decommission a member: its data moves to the new owners, then it leaves.
+    Decommission(String),
+    /// Remove a member that is gone for good: its partitions are rebuilt from the survivors.
+    ForceRemove(String),
+}
+
 /// A bucket as listed by `GET /buckets`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketInfo {
@@ -247,6 +258,11 @@ pub trait Backend: Send + Sync + 'static {
     /// The cluster view for `GET /cluster` (members, ring ownership, hints pending); a JSON
     /// object is merged into the answer's top level.
     fn cluster(&self) -> impl Future<Output = Result<Value>> + Send;
+
+    /// A membership change (`POST` / `DELETE /cluster/members/{id}`): once the cluster has
+    /// committed it, a JSON object describing it (layout version, partitions to move), merged
+    /// into the answer's top level. The data moves in the background (`GET /cluster`).
+    fn change_members(&self, change: MemberChange) -> impl Future<Output = Result<Value>> + Send;
 
     /// The node's health for `GET /health`.
     fn health(&self) -> impl Future<Output = Health> + Send;

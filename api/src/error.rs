@@ -81,6 +81,16 @@ pub enum ApiError {
     /// client read it (409 `StaleContext`). Nothing is stored.
     #[error("{0}")]
     StaleContext(String),
+    /// A membership change is already in progress or being decided (409 `ChangeInProgress`).
+    #[error("{0}")]
+    ChangeInProgress(String),
+    /// The membership change does not apply to the layout, e.g. adding a member (409
+    /// `InvalidChange`).
+    #[error("{0}")]
+    InvalidChange(String),
+    /// The node a membership change names is not connected (404 `NoSuchNode`).
+    #[error("{0}")]
+    NoSuchNode(String),
     /// The write would leave more concurrent versions than allowed (409 `TooManySiblings`):
     /// read the object and write back with its context to resolve them.
     #[error("{0}")]
@@ -179,11 +189,14 @@ impl ApiError {
             ApiError::NoSuchBucket(_)
             | ApiError::NoSuchKey { .. }
             | ApiError::NoSuchVersion(_)
+            | ApiError::NoSuchNode(_)
             | ApiError::NoSuchRoute(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::BucketAlreadyExists(_)
             | ApiError::StaleContext(_)
+            | ApiError::ChangeInProgress(_)
+            | ApiError::InvalidChange(_)
             | ApiError::TooManySiblings(_) => StatusCode::CONFLICT,
             ApiError::EntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::WriteQuorumNotReached { .. }
@@ -209,6 +222,9 @@ impl ApiError {
             ApiError::RequestTimeout(_) => "RequestTimeout",
             ApiError::BucketAlreadyExists(_) => "BucketAlreadyExists",
             ApiError::StaleContext(_) => "StaleContext",
+            ApiError::ChangeInProgress(_) => "ChangeInProgress",
+            ApiError::InvalidChange(_) => "InvalidChange",
+            ApiError::NoSuchNode(_) => "NoSuchNode",
             ApiError::TooManySiblings(_) => "TooManySiblings",
             ApiError::EntityTooLarge { .. } => "EntityTooLarge",
             ApiError::WriteQuorumNotReached { .. } => "WriteQuorumNotReached",
@@ -332,6 +348,9 @@ impl From<cairn_replication::Error> for ApiError {
                 context: (!context.is_empty()).then_some(Context(context)),
             },
             e @ E::StaleContext { .. } => ApiError::StaleContext(e.to_string()),
+            e @ E::ChangeInProgress(_) => ApiError::ChangeInProgress(e.to_string()),
+            e @ E::InvalidChange(_) => ApiError::InvalidChange(e.to_string()),
+            e @ E::NoSuchNode(_) => ApiError::NoSuchNode(e.to_string()),
             E::WriteQuorum { acked, required, node, context, report } => {
                 ApiError::WriteQuorumNotReached {
                     message: format!("{acked} of {required} required replicas acknowledged"),
@@ -385,6 +404,9 @@ mod tests {
             ApiError::RequestTimeout(std::time::Duration::from_secs(1)),
             ApiError::BucketAlreadyExists("x".into()),
             ApiError::StaleContext("x".into()),
+            ApiError::ChangeInProgress("x".into()),
+            ApiError::InvalidChange("x".into()),
+            ApiError::NoSuchNode("x".into()),
             ApiError::TooManySiblings("x".into()),
             ApiError::EntityTooLarge { limit: 1 },
             ApiError::Unavailable("x".into()),

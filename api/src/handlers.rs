@@ -46,8 +46,8 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
 use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
@@ -532,6 +532,60 @@ pub async fn cluster<B: Backend>(State(app): State<App<B>>) -> Response {
         Ok(ok_json(&app.node, fields))
     };
     answer(&app.node, inner.await)
+}
+
+/// `POST /cluster/members/{id}`: add a connected node (202 once the change is committed).
+pub async fn add_member<B: Backend>(State(app): State<App<B>>, Path(id): Path<String>) -> Response {
+    let inner = async {
+        let view = app.backend.change_members(crate::MemberChange::Add(id)).await?;
+        Ok(accepted_json(&app.node, view))
+    };
+    answer(&app.node, inner.await)
+}
+
+/// `DELETE /cluster/members/{id}[?force=true]`: decommission (or force-remove) a member (202
+/// once the change is committed).
+pub async fn remove_member<B: Backend>(
+    State(app): State<App<B>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let inner = async {
+        let force_param = query
+            .as_deref()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("force=").or((kv == "force").then_some("")));
+        let force = match force_param {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") | Some("") => true,
+            Some(other) => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "force must be true or false, not {:?}",
+                    other.chars().take(40).collect::<String>()
+                )));
+            }
+        };
+        let change = if force {
+            crate::MemberChange::ForceRemove(id)
+        } else {
+            crate::MemberChange::Decommission(id)
+        };
+        let view = app.backend.change_members(change).await?;
+        Ok(accepted_json(&app.node, view))
+    };
+    answer(&app.node, inner.await)
+}
+
+/// A JSON 202 answer `{"success": true, "node": <node>, ...fields}`.
+fn accepted_json(node: &str, view: Value) -> Response {
+    let mut body = Map::new();
+    body.insert("success".into(), Value::Bool(true));
+    body.insert("node".into(), Value::String(node.to_string()));
+    if let Value::Object(m) = view {
+        body.extend(m);
+    }
+    (StatusCode::ACCEPTED, Json(Value::Object(body))).into_response()
 }
 
 /// `GET /health`: 200 when healthy, 503 otherwise, JSON either way.

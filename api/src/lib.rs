@@ -36,7 +36,7 @@ pub mod render;
 
 pub use backend::{
     Backend, BucketInfo, BucketReport, ConflictPolicy, DeleteObject, FileEntry, FileList,
-    GetObject, Health, ListFiles, PutObject, ReadResult, WriteResult,
+    GetObject, Health, ListFiles, MemberChange, PutObject, ReadResult, WriteResult,
 };
 pub use error::{ApiError, Result};
 pub use metrics::Metrics;
@@ -164,6 +164,10 @@ pub fn router<B: Backend>(backend: Arc<B>, config: ApiConfig) -> Router {
         .route("/buckets/{bucket}/", h::object_routes::<B>())
         .route("/buckets/{bucket}/{*file}", h::object_routes::<B>())
         .route("/cluster", get(h::cluster::<B>))
+        .route(
+            "/cluster/members/{id}",
+            axum::routing::post(h::add_member::<B>).delete(h::remove_member::<B>),
+        )
         .route("/health", get(h::health::<B>))
         .route("/metrics", get(h::metrics::<B>))
         .fallback(h::no_route::<B>)

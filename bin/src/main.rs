@@ -58,6 +58,9 @@ enum Command {
     /// Print the records of a data directory (offset, type, key, sizes, CRC status), or verify every
     /// checksum with --verify. Reads without taking the lock; safe on a live node's directory.
     Inspect(cmd::inspect::Args),
+    /// Show or change the cluster's members: status, add ID, remove ID [--force] (through any
+    /// node's admin API).
+    Cluster(cmd::cluster::Args),
     /// Exit 0 if a node's /health answers 200 (for container health checks), 1 otherwise.
     Healthcheck(cmd::healthcheck::Args),
     /// Load-test an object store (Cairn's REST API or S3) with concurrent keep-alive clients and
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Compact(args) => cmd::compact::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Healthcheck(args) => cmd::healthcheck::run(args),
+        Command::Cluster(args) => cmd::cluster::run(args),
         Command::Bench(args) => cmd::bench::run(*args),
         Command::BenchTarget(args) => cmd::bench_target::run(args),
     };

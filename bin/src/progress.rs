@@ -1,4 +1,4 @@
-//! A small progress line for long operator commands (`cairn compact`).
+//! A small progress line for long operator commands (`cairn compact`, `cairn cluster --wait`).
 //!
 //! On a terminal it redraws one line in place (`\r`); otherwise (logs, CI) it prints a new line at most
 //! every [`PLAIN_INTERVAL`], so piped output stays readable.
@@ -51,6 +51,28 @@ impl Progress {
         );
         let mut err = std::io::stderr().lock();
         // Progress output is best effort: a closed stderr must not fail the job.
+        let _ = if self.tty { write!(err, "\r{line}\x1b[K") } else { writeln!(err, "{line}") };
+        let _ = err.flush();
+    }
+
+    /// Reports `done` of `total` items with `bytes` moved so far (`cairn cluster --wait`).
+    pub fn update_count(&mut self, done: u64, total: u64, bytes: u64) {
+        let now = Instant::now();
+        let interval = if self.tty { TTY_INTERVAL } else { PLAIN_INTERVAL };
+        if self.last_draw.is_some_and(|t| now.duration_since(t) < interval) {
+            return;
+        }
+        self.last_draw = Some(now);
+        let pct = if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 };
+        let secs = now.duration_since(self.started).as_secs_f64().max(1e-6);
+        let line = format!(
+            "{}: {:5.1}%  {done} / {total} partitions  {} moved  {}/s",
+            self.label,
+            pct,
+            human_bytes(bytes),
+            human_bytes((bytes as f64 / secs) as u64)
+        );
+        let mut err = std::io::stderr().lock();
         let _ = if self.tty { write!(err, "\r{line}\x1b[K") } else { writeln!(err, "{line}") };
         let _ = err.flush();
     }

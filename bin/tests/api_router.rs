@@ -589,6 +589,9 @@ impl cairn_api::Backend for PanickingBackend {
     async fn cluster(&self) -> cairn_api::Result<Value> {
         Ok(json!({}))
     }
+    async fn change_members(&self, _: cairn_api::MemberChange) -> cairn_api::Result<Value> {
+        Err(cairn_api::ApiError::Unavailable("no cluster".into()))
+    }
     async fn health(&self) -> cairn_api::Health {
         cairn_api::Health { healthy: true, details: serde_json::Map::new() }
     }

@@ -134,6 +134,17 @@ pub enum Error {
     /// A bug or an unexpected internal condition.
     #[error("internal error: {0}")]
     Internal(String),
+
+    // ---- Membership changes ([`crate::layout`]). ----
+    /// A membership change is still in progress (or being decided): one at a time.
+    #[error("a membership change is in progress: {0}")]
+    ChangeInProgress(String),
+    /// The change makes no sense for the current layout (adding a member, removing a stranger).
+    #[error("invalid membership change: {0}")]
+    InvalidChange(String),
+    /// The node a change names is not connected (or not up).
+    #[error("no such node: {0}")]
+    NoSuchNode(String),
 }
 
 impl Error {
@@ -142,7 +153,12 @@ impl Error {
     pub fn is_client_error(&self) -> bool {
         matches!(
             self,
-            Error::InvalidContext(_) | Error::TooManySiblings { .. } | Error::InvalidNodeId { .. }
+            Error::InvalidContext(_)
+                | Error::TooManySiblings { .. }
+                | Error::InvalidNodeId { .. }
+                | Error::InvalidChange(_)
+                | Error::ChangeInProgress(_)
+                | Error::NoSuchNode(_)
         )
     }
 
@@ -166,6 +182,9 @@ impl Error {
             Error::BucketAlreadyExists(_) => "BucketAlreadyExists",
             Error::NoSuchKey { .. } => "NoSuchKey",
             Error::StaleContext { .. } => "StaleContext",
+            Error::ChangeInProgress(_) => "ChangeInProgress",
+            Error::InvalidChange(_) => "InvalidChange",
+            Error::NoSuchNode(_) => "NoSuchNode",
             Error::TooManySiblings { .. } => "TooManySiblings",
             Error::InvalidQuorum(_) => "InvalidArgument",
             Error::InvalidContext(_) => "InvalidContext",

@@ -14,6 +14,9 @@
 //!   `SetSummary` (live metadata decoded without the content).
 //! - [`context`]: the causal context as an opaque, validated client token.
 //! - [`ring`]: partitions, `key_hash`, balanced assignment, (extended) preference lists.
+//! - [`layout`]: the cluster layout (members, the change in progress, its three versions) and
+//!   `Placement`, its rings and the lists a request uses.
+//! - [`paxos`]: single-decree Paxos that commits each layout version once.
 //! - [`quorum`]: sloppy-quorum target planning, `WriteCoordinator`, `ReadCoordinator`, read repair.
 //! - [`hints`]: `HintBook`, the index of hinted-handoff data held for other owners.
 //! - [`node`]: the node's whole protocol as a state machine (`NodeCore`: events in, actions out),
@@ -66,7 +69,9 @@ pub mod dvv;
 pub mod error;
 pub mod hints;
 pub mod id;
+pub mod layout;
 pub mod node;
+pub mod paxos;
 pub mod quorum;
 pub mod ring;
 pub mod vclock;

@@ -264,9 +264,17 @@ pub struct WriteReport {
 }
 
 /// The state machine of one coordinated write.
+///
+/// While a membership change is in progress a write has two owner sets (the old and the new
+/// ring's, [`crate::layout`]) and must reach W in each: [`WriteCoordinator::new_multi`] plans
+/// each list on its own, sends to the union of the targets, counts every acknowledgement in
+/// every plan naming the node, and succeeds only once every plan reached W.
 #[derive(Debug, Clone)]
 pub struct WriteCoordinator {
+    /// The union of the plans (reports, replica order, hints).
     tally: Tally,
+    /// One tally per owner set, when there are several.
+    sets: Vec<Tally>,
     clocks: BTreeMap<NodeId, VersionVector>,
 }
 
@@ -288,7 +296,54 @@ impl WriteCoordinator {
             )));
         }
         let tally = Tally::new(p, w, n.min(extended.len()), "W")?;
-        Ok(WriteCoordinator { tally, clocks: BTreeMap::new() })
+        Ok(WriteCoordinator { tally, sets: Vec::new(), clocks: BTreeMap::new() })
+    }
+
+    /// Plans a write that must reach W in each of `lists` (extended preference lists, each with
+    /// its effective N). Targets are the union of each list's plan; a node that is an owner in
+    /// one list and a fallback in another is sent the data as an owner (no hint), so the owner
+    /// it stood in for is left uncovered (the coordinator keeps a hint for it). `local` must be a
+    /// target of at least one plan.
+    pub fn new_multi(
+        lists: &[(Vec<NodeId>, usize)],
+        reachable: &BTreeSet<NodeId>,
+        w: usize,
+        local: &NodeId,
+    ) -> Result<Self> {
+        match lists {
+            [] => return Err(Error::InvalidQuorum("no owner set".into())),
+            [(ext, n)] => return WriteCoordinator::new(ext, reachable, *n, w, local),
+            _ => {}
+        }
+        let mut pref_list: Vec<NodeId> = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
+        let mut sets = Vec::with_capacity(lists.len());
+        let mut max_n = 0;
+        for (ext, n) in lists {
+            let p = plan(ext, *n, reachable, local);
+            for o in &p.pref_list {
+                if !pref_list.contains(o) {
+                    pref_list.push(o.clone());
+                }
+            }
+            for t in &p.targets {
+                match targets.iter_mut().find(|u| u.node == t.node) {
+                    Some(u) if t.hint_for.is_none() => u.hint_for = None,
+                    Some(_) => {}
+                    None => targets.push(t.clone()),
+                }
+            }
+            max_n = max_n.max((*n).min(ext.len()));
+            sets.push(Tally::new(p, w, (*n).min(ext.len()), "W")?);
+        }
+        if !targets.iter().any(|t| &t.node == local) {
+            return Err(Error::InvalidQuorum(format!(
+                "{local} is not among the write targets; forward to {:?}",
+                targets.first().map(|t| t.node.as_str())
+            )));
+        }
+        let tally = Tally::new(Plan { pref_list, targets }, w, max_n, "W")?;
+        Ok(WriteCoordinator { tally, sets, clocks: BTreeMap::new() })
     }
 
     /// The nodes to send the write to (the local node included: apply it locally, then feed its
@@ -305,6 +360,9 @@ impl WriteCoordinator {
     /// `node` stored the write; `vv` is its version vector for the key afterwards. Returns false
     /// (and changes nothing) if `node` is not a target still awaited.
     pub fn on_ack(&mut self, node: &NodeId, vv: VersionVector) -> bool {
+        for t in &mut self.sets {
+            t.record(node, Reply::Ok);
+        }
         let accepted = self.tally.record(node, Reply::Ok);
         if accepted {
             self.clocks.insert(node.clone(), vv);
@@ -314,11 +372,17 @@ impl WriteCoordinator {
 
     /// `node` answered with an error, or the transport gave up on it.
     pub fn on_failure(&mut self, node: &NodeId) -> bool {
+        for t in &mut self.sets {
+            t.record(node, Reply::Failed);
+        }
         self.tally.record(node, Reply::Failed)
     }
 
     /// The request timer fired: every target still awaited counts as timed out.
     pub fn on_timeout(&mut self) {
+        for t in &mut self.sets {
+            t.timeout();
+        }
         self.tally.timeout();
     }
 
@@ -329,7 +393,16 @@ impl WriteCoordinator {
 
     /// The current decision, with the report when decided.
     pub fn outcome(&self) -> Outcome<WriteReport> {
-        self.tally.decide(|| self.report())
+        if self.sets.is_empty() {
+            return self.tally.decide(|| self.report());
+        }
+        if self.sets.iter().all(Tally::reached) {
+            Outcome::Succeeded(self.report())
+        } else if self.sets.iter().any(Tally::impossible) {
+            Outcome::Failed(self.report())
+        } else {
+            Outcome::Pending
+        }
     }
 
     /// The report as of now (also when still pending).
@@ -344,7 +417,11 @@ impl WriteCoordinator {
             failed: t.nodes(Reply::Failed),
             timed_out: t.nodes(Reply::TimedOut),
             required: t.required,
-            quorum_reached: t.reached(),
+            quorum_reached: if self.sets.is_empty() {
+                t.reached()
+            } else {
+                self.sets.iter().all(Tally::reached)
+            },
         }
     }
 }

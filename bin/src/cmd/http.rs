@@ -14,14 +14,20 @@ const MAX_ANSWER: u64 = 16 << 20;
 
 /// `GET http://{addr}{path}`: the status code and body.
 pub fn get(addr: &str, path: &str) -> Result<(u16, Vec<u8>)> {
+    request("GET", addr, path, TIMEOUT)
+}
+
+/// `{method} http://{addr}{path}` with no body, waiting at most `timeout` for the answer: the
+/// status code and body.
+pub fn request(method: &str, addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> {
     let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
     let mut s = TcpStream::connect_timeout(&sock, TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(TIMEOUT))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: 0\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.take(MAX_ANSWER).read_to_end(&mut raw)?;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_target;
+pub mod cluster;
 pub mod compact;
 pub mod dev_cluster;
 pub mod healthcheck;

@@ -35,7 +35,7 @@ pub struct Args {
     /// TOML file with any of the settings below (keys as the long flag names, with `_` for `-`).
     #[arg(long, env = "CAIRN_CONFIG")]
     pub config: Option<PathBuf>,
-    /// This node's id, e.g. `n1` (1-64 of A-Z a-z 0-9 _ -). Must be one of --members.
+    /// This node's id, e.g. `n1` (1-64 of A-Z a-z 0-9 _ -). Unique in the cluster.
     #[arg(long, env = "CAIRN_ID")]
     pub id: Option<String>,
     /// Data directory (engine segments, node key, actor epoch). Created if missing.
@@ -55,9 +55,17 @@ pub struct Args {
     /// Multiaddr of another node to dial (repeatable; comma-separated in the environment).
     #[arg(long, env = "CAIRN_BOOTSTRAP", value_delimiter = ',')]
     pub bootstrap: Vec<String>,
-    /// Ring members: comma-separated node ids, the same list on every node.
+    /// The members of a brand-new cluster: comma-separated node ids, the same list on every
+    /// founding node (it seeds version 1 of the layout; once a layout is stored in the data
+    /// directory, it is ignored). Leave it out on a node that joins an existing cluster: it
+    /// learns the layout from its peers, serves the API as a gateway, and becomes a member
+    /// when an operator adds it (`cairn cluster add ID`).
     #[arg(long, env = "CAIRN_MEMBERS", value_delimiter = ',')]
     pub members: Vec<String>,
+    /// Pace of partition handoff while members are added or removed, in MB/s (0: unlimited)
+    /// [default: 64].
+    #[arg(long, env = "CAIRN_HANDOFF_RATE")]
+    pub handoff_rate: Option<f64>,
     /// File holding the cluster secret (64 hex chars, a swarm.key, or a passphrase of 16+ chars).
     #[arg(long, env = "CAIRN_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
@@ -126,6 +134,7 @@ struct FileSettings {
     phi_threshold: Option<f64>,
     mdns: Option<bool>,
     shutdown_timeout: Option<String>,
+    handoff_rate: Option<f64>,
 }
 
 /// A setting that is missing or wrong: printed as one line, exit code 2.
@@ -166,6 +175,8 @@ pub struct NodeConfig {
     phi_threshold: f64,
     mdns: bool,
     shutdown_timeout: Duration,
+    /// Partition handoff pace, bytes per second (0: unlimited).
+    handoff_rate_bytes: u64,
 }
 
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
@@ -213,13 +224,11 @@ impl NodeConfig {
             }
             members.push(m);
         }
-        if members.is_empty() {
-            return Err(bad(
-                "--members is required: the ring's node ids, e.g. --members n1,n2,n3,n4",
-            ));
-        }
-        if !members.contains(&id) {
-            return Err(bad(format!("--members must include this node's --id {id}")));
+        if !members.is_empty() && !members.contains(&id) {
+            return Err(bad(format!(
+                "--members must include this node's --id {id} (leave --members out on a node \
+                 that joins an existing cluster)"
+            )));
         }
         let secret_text = match (
             pick(args.cluster_secret, file.cluster_secret),
@@ -239,7 +248,7 @@ impl NodeConfig {
         let n = pick(args.replicas, file.replicas).unwrap_or(3);
         let r = pick(args.read_quorum, file.read_quorum).unwrap_or(2);
         let w = pick(args.write_quorum, file.write_quorum).unwrap_or(2);
-        if n == 0 || n > members.len() {
+        if n == 0 || (!members.is_empty() && n > members.len()) {
             return Err(bad(format!(
                 "--replicas {n}: must be between 1 and the number of members ({})",
                 members.len()
@@ -286,12 +295,25 @@ impl NodeConfig {
             return Err(bad("--phi-threshold must be a positive number"));
         }
         let mdns = pick(args.mdns, file.mdns).unwrap_or(false);
+        let stored = data_dir.join("engine").join(cairn_node::node::store::CLUSTER_STATE_FILE);
+        if members.is_empty() && bootstrap.is_empty() && !mdns && !stored.exists() {
+            return Err(bad(
+                "--members is required to found a new cluster (the members' node ids, e.g. \
+                 --members n1,n2,n3,n4); a node joining an existing cluster needs --bootstrap \
+                 (an existing node's address) instead",
+            ));
+        }
         let shutdown_timeout = match pick(args.shutdown_timeout, file.shutdown_timeout) {
             Some(raw) => crate::cmd::bench::parse_duration(&raw)
                 .map_err(|e| bad(format!("--shutdown-timeout: {e}")))?,
             None => cairn_node::node::DEFAULT_SHUTDOWN_TIMEOUT,
         };
+        let handoff_rate = pick(args.handoff_rate, file.handoff_rate).unwrap_or(64.0);
+        if !(handoff_rate.is_finite() && handoff_rate >= 0.0) {
+            return Err(bad("--handoff-rate must be a number of MB/s, 0 for unlimited"));
+        }
         Ok(NodeConfig {
+            handoff_rate_bytes: (handoff_rate * 1e6) as u64,
             id,
             data_dir,
             http,
@@ -375,6 +397,7 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
         cfg.w,
     );
     config.request_timeout_ms = cfg.request_timeout.as_millis() as u64;
+    config.handoff_rate_bytes = cfg.handoff_rate_bytes;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let parts = Parts {
         config,

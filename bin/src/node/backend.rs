@@ -7,9 +7,10 @@ use std::sync::Arc;
 use cairn_api::{
     ApiError, Backend, BucketInfo as ApiBucket, BucketName, BucketReport,
     ConflictPolicy as ApiPolicy, DeleteObject, FileEntry, FileList, GetObject, Health, ListFiles,
-    ObjectName, PutObject, ReadResult, WriteResult,
+    MemberChange, ObjectName, PutObject, ReadResult, WriteResult,
 };
 use cairn_membership::Transport;
+use cairn_replication::layout::Change;
 use cairn_replication::quorum::ReadReport;
 use cairn_replication::{Context, Meta};
 use serde_json::{Map, Value, json};
@@ -214,38 +215,147 @@ impl<T: Transport> Backend for NodeBackend<T> {
         let node = &self.node;
         let view = node.view();
         let hints = node.hints_pending();
-        let primaries = node.ring.primary_counts();
-        let replicas = node.ring.replica_counts();
-        let members: Vec<Value> = node
-            .config()
-            .members
+        let placement = node.placement();
+        let (me, peers) = node.statuses();
+        let (primaries, replicas) = match &placement {
+            Some(p) => (p.ring().primary_counts(), p.ring().replica_counts()),
+            None => Default::default(),
+        };
+        // Members of the layout first (before and after a change in progress), then every other
+        // node this one hears (gateways, nodes waiting to be added).
+        let mut ids: Vec<String> = match &placement {
+            Some(p) => {
+                let mut v: Vec<String> = p.layout().members.iter().map(|m| m.to_string()).collect();
+                if let Some(t) = &p.layout().transition {
+                    for m in &t.from {
+                        if !v.iter().any(|x| x == m.as_str()) {
+                            v.push(m.to_string());
+                        }
+                    }
+                }
+                v
+            }
+            None => Vec::new(),
+        };
+        let in_layout = ids.clone();
+        for id in view.members.keys().chain(std::iter::once(&node.id().to_string())) {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+        let members: Vec<Value> = ids
             .iter()
             .map(|m| {
                 let info = view.members.get(m.as_str());
+                let nid = cairn_replication::NodeId::new(m.clone()).ok();
+                let count = |c: &BTreeMap<cairn_replication::NodeId, usize>| {
+                    nid.as_ref().and_then(|n| c.get(n)).copied().unwrap_or(0)
+                };
+                let role = match &placement {
+                    Some(p) if p.layout().members.iter().any(|x| x.as_str() == m) => "member",
+                    Some(_) if in_layout.contains(m) => "leaving",
+                    _ => "gateway",
+                };
                 json!({
-                    "id": m.as_str(),
-                    "status": info.map(|i| json!(i.status)).unwrap_or(json!("unknown")),
+                    "id": m,
+                    "role": role,
+                    "status": if m == node.id().as_str() { json!("up") } else {
+                        info.map(|i| json!(i.status)).unwrap_or(json!("unknown"))
+                    },
                     "phi": info.map(|i| i.phi),
                     "heartbeat_age_ms": info.and_then(|i| i.last_heartbeat_age).map(|d| d.as_millis() as u64),
                     "peer_id": info.map(|i| i.announced.peer_id.clone()),
                     "addresses": info.map(|i| i.announced.addresses.clone()),
                     "http": info.map(|i| i.announced.http_addr.clone()),
                     "version": info.map(|i| i.announced.version.clone()),
-                    "partitions_primary": primaries.get(m).copied().unwrap_or(0),
-                    "partitions_replica": replicas.get(m).copied().unwrap_or(0),
-                    "hints_pending_here": hints.get(m).copied().unwrap_or(0),
+                    "partitions_primary": count(&primaries),
+                    "partitions_replica": count(&replicas),
+                    "hints_pending_here": nid.as_ref().and_then(|n| hints.get(n)).copied().unwrap_or(0),
                 })
             })
             .collect();
+        let layout = placement.as_ref().map(|p| {
+            let l = p.layout();
+            json!({
+                "version": l.version,
+                "members": l.members.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                "transition": l.transition.as_ref().map(|t| json!({
+                    "change": t.change.to_string(),
+                    "phase": t.phase,
+                    "started": t.started,
+                    "from": t.from.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                    "partitions_to_move": p.moves().partitions_to_move,
+                    "minimum_moves": p.moves().minimum,
+                })),
+            })
+        });
+        let mut statuses = vec![(node.id().to_string(), me)];
+        statuses.extend(peers.into_iter().map(|(n, s)| (n.to_string(), s)));
+        let per_node: Vec<Value> = statuses
+            .into_iter()
+            .map(|(n, s)| {
+                json!({
+                    "node": n,
+                    "layout_version": s.version,
+                    "acked": s.acked,
+                    "synced": s.synced,
+                    "sync": s.sync.map(|p| json!({
+                        "started": p.started,
+                        "pulling": p.started_pulling,
+                        "partitions_pending": p.partitions - p.partitions_done,
+                        "partitions_done": p.partitions_done,
+                        "keys_moved": p.keys,
+                        "bytes_moved": p.bytes,
+                    })),
+                })
+            })
+            .collect();
+        let totals = per_node.iter().fold((0u64, 0u64, 0u64, 0u64), |acc, v| {
+            let s = &v["sync"];
+            (
+                acc.0 + s["partitions_pending"].as_u64().unwrap_or(0),
+                acc.1 + s["partitions_done"].as_u64().unwrap_or(0),
+                acc.2 + s["keys_moved"].as_u64().unwrap_or(0),
+                acc.3 + s["bytes_moved"].as_u64().unwrap_or(0),
+            )
+        });
         Ok(json!({
             "members": members,
-            "ring": {
-                "partitions": node.ring.partitions(),
-                "n": node.ring.n(),
+            "layout": layout,
+            "handoff": {
+                "partitions_pending": totals.0,
+                "partitions_done": totals.1,
+                "keys_moved": totals.2,
+                "bytes_moved": totals.3,
+                "per_node": per_node,
+            },
+            "ring": placement.as_ref().map(|p| json!({
+                "partitions": p.ring().partitions(),
+                "n": p.ring().n(),
                 "r": node.config().r,
                 "w": node.config().w,
-            },
+            })),
             "hints_pending": hints.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+        }))
+    }
+
+    async fn change_members(&self, change: MemberChange) -> Result<Value, ApiError> {
+        let parse = |id: String| {
+            cairn_replication::NodeId::new(id).map_err(|e| ApiError::InvalidArgument(e.to_string()))
+        };
+        let change = match change {
+            MemberChange::Add(id) => Change::Add(parse(id)?),
+            MemberChange::Decommission(id) => Change::Decommission(parse(id)?),
+            MemberChange::ForceRemove(id) => Change::ForceRemove(parse(id)?),
+        };
+        let what = change.to_string();
+        let outcome = self.node.change_members(change).await?;
+        Ok(json!({
+            "change": what,
+            "layout_version": outcome.layout.version,
+            "members": outcome.layout.members.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+            "partitions_to_move": outcome.moves.partitions_to_move,
+            "minimum_moves": outcome.moves.minimum,
         }))
     }
 
@@ -256,7 +366,8 @@ impl<T: Transport> Backend for NodeBackend<T> {
         let mut details = Map::new();
         details.insert("storage".into(), json!(if healthy { "ok" } else { "poisoned" }));
         details.insert("members_reachable".into(), json!(reachable));
-        details.insert("members".into(), json!(node.config().members.len()));
+        let members = node.placement().map_or(0, |p| p.layout().members.len());
+        details.insert("members".into(), json!(members));
         Health { healthy, details }
     }
 
@@ -282,7 +393,9 @@ impl<T: Transport> Backend for NodeBackend<T> {
         }
         let view = node.view();
         out.push_str("# HELP cairn_member_up 1 if the member is up in this node's view.\n# TYPE cairn_member_up gauge\n");
-        for m in &node.config().members {
+        let layout_members: Vec<cairn_replication::NodeId> =
+            node.placement().map(|p| p.layout().voters().into_iter().collect()).unwrap_or_default();
+        for m in &layout_members {
             let up = view.status(m.as_str()) == Some(cairn_membership::MemberStatus::Up)
                 || m == node.id();
             out.push_str(&format!("cairn_member_up{{member=\"{m}\"}} {}\n", u8::from(up)));

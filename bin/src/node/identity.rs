@@ -61,7 +61,7 @@ pub fn mark_clean(dir: &Path) -> Result<(), NodeError> {
     write_durably(dir, CLEAN_FILE, b"clean\n")
 }
 
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), NodeError> {
+pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), NodeError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let err = |e: std::io::Error| {
         NodeError::Internal(format!("writing {}: {e}", dir.join(name).display()))

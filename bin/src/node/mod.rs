@@ -42,12 +42,14 @@ use cairn_membership::{
     InboundRequest, MemberEvent, MemberStatus, MemberView, ReplyHandle, Transport,
 };
 pub use cairn_replication::Error as NodeError;
+use cairn_replication::layout::{Change, Placement};
 use cairn_replication::node::{
-    Action, Answer, BucketOutcome, ClientId, ClientOp, Config, Event, InboundId, Listing,
-    LocalStore, NodeCore, ReadOutcome, SendError, Stats, StoreOp, StoreResult, execute,
+    Action, Answer, BucketOutcome, ClientId, ClientOp, Config, Event, InboundId, LayoutOutcome,
+    Listing, LocalStore, NodeCore, NodeStatus, ReadOutcome, SendError, Stats, StoreOp, StoreResult,
+    execute,
 };
 pub use cairn_replication::node::{buckets, keys, messages};
-use cairn_replication::{Actor, NodeId, Ring, VersionVector};
+use cairn_replication::{Actor, NodeId, VersionVector};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -90,8 +92,6 @@ pub struct Node<T: Transport> {
     config: Config,
     /// The actor whose dots this node's writes carry.
     pub actor: Actor,
-    /// The ring (a copy of the core's, for lookups without the core's lock).
-    pub ring: Ring,
     /// Local data.
     pub store: Store,
     /// Sends requests to other nodes.
@@ -129,12 +129,31 @@ impl<T: Transport> Node<T> {
         if !hints.is_empty() {
             tracing::info!(hints = hints.len(), "hints loaded from the data directory");
         }
-        let core =
-            NodeCore::new(parts.config.clone(), parts.actor.clone(), hints, rand::random(), 0)?;
+        let restored = parts.store.load_cluster()?;
+        if let Some(l) = restored.as_ref().and_then(|s| s.layout.as_ref()) {
+            let given: BTreeSet<&NodeId> = parts.config.members.iter().collect();
+            let stored: BTreeSet<&NodeId> = l.members.iter().collect();
+            if !given.is_empty() && given != stored {
+                tracing::warn!(
+                    stored = ?stored.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                    version = l.version,
+                    "--members differs from the layout stored in the data directory; --members \
+                     only seeds a new cluster: using the stored layout (change members with \
+                     `cairn cluster add/remove`)"
+                );
+            }
+        }
+        let core = NodeCore::new(
+            parts.config.clone(),
+            parts.actor.clone(),
+            hints,
+            restored,
+            rand::random(),
+            0,
+        )?;
         let node = Arc::new(Node {
             config: parts.config,
             actor: parts.actor,
-            ring: core.ring().clone(),
             store: parts.store,
             transport: parts.transport,
             core: Mutex::new(core),
@@ -169,23 +188,48 @@ impl<T: Transport> Node<T> {
         self.view.borrow().clone()
     }
 
-    /// Ring members believed reachable now (status up), this node included.
+    /// Nodes believed reachable now (status up; members or not), this node included.
     pub fn reachable(&self) -> BTreeSet<NodeId> {
         let view = self.view.borrow();
-        let mut out: BTreeSet<NodeId> = self
-            .config
+        let mut out: BTreeSet<NodeId> = view
             .members
             .iter()
-            .filter(|m| view.status(m.as_str()) == Some(MemberStatus::Up))
-            .cloned()
+            .filter(|(_, i)| i.status == MemberStatus::Up)
+            .filter_map(|(id, _)| NodeId::new(id.clone()).ok())
             .collect();
         out.insert(self.config.id.clone());
         out
     }
 
-    /// The extended preference list of an object.
+    /// The extended preference list of an object in the current layout's ring (empty before
+    /// a layout is known).
     pub fn extended(&self, key: &ObjectKey) -> Vec<NodeId> {
-        self.ring.extended_preference_list(self.ring.partition_of(key.hash()))
+        let core = self.core.lock();
+        core.ring()
+            .map(|r| r.extended_preference_list(r.partition_of(key.hash())))
+            .unwrap_or_default()
+    }
+
+    /// The layout this node follows, with its rings (`None` until it learnt one).
+    pub fn placement(&self) -> Option<Placement> {
+        self.core.lock().placement().cloned()
+    }
+
+    /// This node's status as its peers see it, and the latest status heard from each peer.
+    pub fn statuses(&self) -> (NodeStatus, BTreeMap<NodeId, NodeStatus>) {
+        let core = self.core.lock();
+        (core.status(), core.peer_statuses().clone())
+    }
+
+    /// A membership change (the admin API): committed by the voters, then run in the background.
+    pub async fn change_members(
+        self: &Arc<Self>,
+        change: Change,
+    ) -> Result<LayoutOutcome, NodeError> {
+        match self.client(ClientOp::ChangeMembers { change }).await? {
+            Answer::Layout(o) => Ok(o),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Hints held, per owner.

@@ -7,14 +7,20 @@
 //! which is atomic per key, so concurrent writers of one key never lose each other's siblings;
 //! the rules applied inside (the coordinator's DVV write, bucket changes, merges) are the
 //! protocol's own pure functions, shared with the simulator's in-memory store.
+//!
+//! The node's cluster state (layout, Paxos acceptor, sync cursors) is one JSON file in the
+//! engine directory, [`CLUSTER_STATE_FILE`], replaced atomically (write, fsync, rename, fsync the
+//! directory) on every change; saves that finish out of order never replace a newer state.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use cairn_engine::{Engine, Keyspace, Pending, Update, UpdateOutcome};
 use cairn_replication::node::buckets::BucketEntry;
 use cairn_replication::node::keys::{HintKey, ObjectKey, bucket_prefix};
 use cairn_replication::node::{
-    BucketChange, Coordinated, HintSet, ListEntry, LocalStore, LocalWrite,
+    BucketChange, ClusterState, Coordinated, HintSet, ListEntry, LocalStore, LocalWrite, ScanPage,
+    in_partitions, store::SCAN_MAX_KEYS,
 };
 use cairn_replication::{
     Actor, Error, NodeId, Result, SetSummary, Sibling, SiblingSet, VersionVector,
@@ -25,12 +31,19 @@ use serde::de::DeserializeOwned;
 /// Most hints read per page when the hint book is rebuilt at start.
 pub const HINT_SCAN_BATCH: usize = 256;
 
+/// The cluster state's file name, in the engine directory.
+pub const CLUSTER_STATE_FILE: &str = "cluster-state.json";
+
 /// The node's local data.
 #[derive(Clone)]
 pub struct Store {
     /// The engine, shared with the HTTP handlers (stats, health) and the executor's tasks.
     /// Dropped last when the node stops, which syncs and releases the directory lock.
     engine: Arc<Engine>,
+    /// The directory of the cluster state file.
+    dir: PathBuf,
+    /// The generation of the cluster state last written.
+    saved_generation: Arc<parking_lot::Mutex<u64>>,
 }
 
 /// An engine error as the protocol sees it (poisoning and size limits keep their meaning).
@@ -130,7 +143,23 @@ fn get_set<V: DeserializeOwned + Clone>(
 impl Store {
     /// Wraps an open engine.
     pub fn new(engine: Arc<Engine>) -> Self {
-        Store { engine }
+        let dir = engine.dir().to_path_buf();
+        Store { engine, dir, saved_generation: Arc::new(parking_lot::Mutex::new(0)) }
+    }
+
+    /// The cluster state stored in the data directory (`None` for a new directory).
+    pub fn load_cluster(&self) -> Result<Option<ClusterState>> {
+        let path = self.dir.join(CLUSTER_STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::Corrupt(format!(
+                    "{}: {e}; move it away to rejoin as a new node",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Storage(format!("reading {}: {e}", path.display()))),
+        }
     }
 
     /// The engine (stats, health).
@@ -368,6 +397,71 @@ impl LocalStore for Store {
             }
         }
         Ok(entries)
+    }
+
+    fn save_cluster(&self, state: &ClusterState) -> Result<()> {
+        let mut saved = self.saved_generation.lock();
+        if state.generation <= *saved {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec_pretty(state)
+            .map_err(|e| Error::Encode(format!("cluster state: {e}")))?;
+        crate::node::identity::write_durably(&self.dir, CLUSTER_STATE_FILE, &bytes)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        *saved = state.generation;
+        Ok(())
+    }
+
+    fn scan_partitions(
+        &self,
+        partitions_total: u32,
+        partitions: &[u32],
+        hints: bool,
+        after: Option<&[u8]>,
+        max_entries: usize,
+        max_bytes: u64,
+    ) -> Result<ScanPage> {
+        let ks = if hints { Keyspace::Hint } else { Keyspace::Object };
+        let keys = self.engine.keys_with_prefix(ks, b"", after, SCAN_MAX_KEYS);
+        let exhausted = keys.len() < SCAN_MAX_KEYS;
+        let mut page = ScanPage::default();
+        let mut bytes = 0u64;
+        let mut last = None;
+        for k in keys {
+            let key = if hints {
+                match HintKey::decode(&k) {
+                    Some((_, HintKey::Object(o))) => Some(o),
+                    _ => None,
+                }
+            } else {
+                ObjectKey::decode(&k)
+            };
+            if let Some(key) = key
+                && in_partitions(key.hash(), partitions_total, partitions)
+                && let Some(v) = self.engine.get(ks, &k).map_err(storage)?
+            {
+                bytes += v.len() as u64;
+                page.entries.push((key, decode_set(&v)?));
+            }
+            last = Some(k);
+            if page.entries.len() >= max_entries || bytes >= max_bytes {
+                page.next = last;
+                return Ok(page);
+            }
+        }
+        page.next = if exhausted { None } else { last };
+        Ok(page)
+    }
+
+    /// One durability wait for the whole batch (a group commit), not one per key.
+    fn apply_batch(&self, entries: &[(ObjectKey, SiblingSet)]) -> Result<()> {
+        let mut last = 0;
+        for (key, set) in entries {
+            let (_, p) = merge_into_deferred(&self.engine, Keyspace::Object, &key.encode(), set)?;
+            last = last.max(p.lsn());
+        }
+        self.engine.wait_durable(Pending::from_lsn(last)).map_err(storage)?;
+        Ok(())
     }
 
     fn all_hints(&self) -> Result<Vec<(NodeId, HintKey, VersionVector)>> {

@@ -27,6 +27,9 @@ pub struct Cluster {
     procs: Vec<Option<Child>>,
     pub client: reqwest::Client,
     extra: Vec<String>,
+    /// Nodes `0..founders` start with `--members` (the first layout); the others start
+    /// without it and join when added.
+    founders: usize,
 }
 
 /// `count` distinct free ports. Every listener is held until all ports are chosen: a port freed at
@@ -40,6 +43,13 @@ fn free_ports(count: usize) -> Vec<u16> {
 impl Cluster {
     /// Starts `n` nodes and waits until each sees every other up.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_spares(n, 0, extra).await
+    }
+
+    /// Starts `founders` members and `spares` nodes started without `--members` (gateways
+    /// until added), and waits until each sees every other up.
+    pub async fn start_with_spares(founders: usize, spares: usize, extra: &[&str]) -> Cluster {
+        let n = founders + spares;
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), "test cluster secret, not for production")
@@ -58,6 +68,7 @@ impl Cluster {
             procs: (0..n).map(|_| None).collect(),
             client,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            founders,
         };
         for i in 0..n {
             c.spawn(i);
@@ -85,7 +96,11 @@ impl Cluster {
             .arg(self.data_dir(i))
             .args(["--http", &self.http[i], "--p2p", &self.p2p[i]])
             .args(["--bootstrap", &bootstrap.join(",")])
-            .args(["--members", &self.ids.join(",")])
+            .args(if i < self.founders {
+                vec!["--members".to_owned(), self.ids[..self.founders].join(",")]
+            } else {
+                Vec::new()
+            })
             .arg("--secret-file")
             .arg(self.dir.path().join("secret"))
             .args(["--heartbeat-ms", &HEARTBEAT_MS.to_string()])

@@ -43,11 +43,16 @@ impl NodeCore {
         if self.ticks % REGISTRY_SYNC_EVERY == 1 {
             self.pull_registry();
         }
+        self.cluster_tick();
     }
 
     /// Starts delivering `owner`'s hints, unless a round is already running.
     pub(super) fn start_delivery(&mut self, owner: &NodeId) {
         if self.deliveries.contains_key(owner) || !self.up.contains(owner) {
+            return;
+        }
+        // Hints for a node that left are re-addressed to the current owners instead.
+        if self.placement().is_some_and(|p| !p.is_member(owner)) {
             return;
         }
         self.next_batch(owner);

@@ -63,6 +63,11 @@ impl NodeCore {
                 let op = StoreOp::List { bucket, incarnation, prefix, start_after, limit };
                 self.store(op, StoreCont::Inbound { id, hint: None });
             }
+            r @ (Request::Status { .. }
+            | Request::Prepare { .. }
+            | Request::Accept { .. }
+            | Request::Commit { .. }
+            | Request::SyncPage { .. }) => self.on_cluster_inbound(id, r),
         }
     }
 
@@ -93,6 +98,9 @@ impl NodeCore {
             Ok(StoreResult::Set(set)) => Response::Set { set },
             Ok(StoreResult::Registry(entries)) => Response::Registry { entries },
             Ok(StoreResult::Listing(entries)) => Response::Listing { entries },
+            Ok(StoreResult::Page(page)) => {
+                Response::Page { entries: page.entries, next: page.next }
+            }
             Ok(_) => {
                 return self.respond_error(id, Error::Internal("unexpected store result".into()));
             }

@@ -15,6 +15,12 @@
 //! - `BucketReplicate` / `BucketRegistry` replicate the bucket registry to every node.
 //! - `List` asks for the receiver's live objects of one bucket incarnation (name, newest
 //!   metadata, number of live versions).
+//! - `Status` asks for the receiver's layout version, acknowledged version and sync progress,
+//!   and its layout when newer than the sender's (layout pull, [`crate::layout`]).
+//! - `Prepare` / `Accept` are Paxos phases 1a and 2a for one layout version, answered by a
+//!   `Vote`; `Commit` pushes a chosen layout ([`crate::paxos`]).
+//! - `SyncPage` asks an old owner for its objects of some partitions after a cursor (partition
+//!   sync while a membership change is in progress); answered by a `Page`.
 //!
 //! Errors come back as `Response::Error` with a stable code; transport failures (timeout,
 //! unreachable) are the transport's errors.
@@ -24,8 +30,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::dvv::{Meta, SiblingSet};
+use crate::layout::Layout;
 use crate::node::buckets::BucketEntry;
 use crate::node::keys::ObjectKey;
+use crate::paxos::{Ballot, Vote};
 use crate::quorum::WriteReport;
 use crate::vclock::{Dot, VersionVector};
 
@@ -72,6 +80,83 @@ pub enum Request {
         /// At most this many names.
         limit: u32,
     },
+    /// Send back the receiver's [`NodeStatus`], with its layout if newer than `version`.
+    Status {
+        /// The sender's layout version.
+        version: u64,
+    },
+    /// Paxos phase 1a for layout `version`.
+    Prepare {
+        /// The version being decided.
+        version: u64,
+        /// The proposer's ballot.
+        ballot: Ballot,
+    },
+    /// Paxos phase 2a for layout `version`.
+    Accept {
+        /// The version being decided.
+        version: u64,
+        /// The proposer's ballot.
+        ballot: Ballot,
+        /// The value.
+        layout: Layout,
+    },
+    /// A layout was chosen: adopt it if newer.
+    Commit {
+        /// The layout.
+        layout: Layout,
+    },
+    /// Send back objects of `partitions` in key order after `after` (partition sync): the
+    /// receiver's replicas, or with `hints` the object hints it holds (for any owner).
+    SyncPage {
+        /// Q of the sender's layout (the receiver's is the same: Q never changes).
+        partitions_total: u32,
+        /// The partitions wanted, sorted.
+        partitions: Vec<u32>,
+        /// Scan the hints instead of the replicas.
+        hints: bool,
+        /// Cursor: only engine keys after this one (from the previous page's `next`).
+        #[serde(with = "serde_bytes")]
+        after: Option<Vec<u8>>,
+        /// At most this many objects.
+        max_entries: u32,
+        /// Stop after about this many bytes of sets.
+        max_bytes: u64,
+    },
+}
+
+/// What a node reports about itself to its peers (`Status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its layout version (0: none yet).
+    pub version: u64,
+    /// The newest version it acknowledged: stored, and no write planned under an older one
+    /// still running.
+    pub acked: u64,
+    /// The newest change (by its start version) whose partitions it has pulled entirely; its
+    /// current version when it had nothing to pull.
+    pub synced: u64,
+    /// Its layout, when newer than the asker's.
+    pub layout: Option<Layout>,
+    /// Its partition sync, while one runs.
+    pub sync: Option<SyncProgress>,
+}
+
+/// A node's partition sync for the change in progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncProgress {
+    /// The version the change started at.
+    pub started: u64,
+    /// Partitions it must pull.
+    pub partitions: usize,
+    /// Of those, the ones pulled from every source.
+    pub partitions_done: usize,
+    /// Objects received.
+    pub keys: u64,
+    /// Bytes of sibling sets received.
+    pub bytes: u64,
+    /// Whether every voter acknowledged the change, so pulling has begun.
+    pub started_pulling: bool,
 }
 
 /// What a client write does to an object.
@@ -147,6 +232,18 @@ pub enum Response {
     Listing {
         /// Entries in name order.
         entries: Vec<ListEntry>,
+    },
+    /// The receiver's status.
+    Status(Box<NodeStatus>),
+    /// An acceptor's answer to `Prepare` or `Accept`.
+    Vote(Box<Vote>),
+    /// Objects for partition sync.
+    Page {
+        /// Keys with their sets, in key order.
+        entries: Vec<(ObjectKey, SiblingSet)>,
+        /// Where the next page starts (`None`: the scan is complete).
+        #[serde(with = "serde_bytes")]
+        next: Option<Vec<u8>>,
     },
     /// The request failed at the receiver.
     Error {

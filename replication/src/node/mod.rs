@@ -33,6 +33,8 @@
 //! - `registry`: bucket create/delete, registry anti-entropy, listings.
 //! - `inbound`: answering peers' requests.
 //! - `handoff`: hinted handoff delivery.
+//! - [`cluster`]: the layout the node follows, layout consensus, status polls, partition sync,
+//!   hints for removed members ([`crate::layout`], [`crate::paxos`]).
 //!
 //! INVARIANTS
 //! ==========
@@ -49,6 +51,7 @@
 //! - A hint is removed only after its owner acknowledged a version covering it.
 
 pub mod buckets;
+pub mod cluster;
 mod handoff;
 mod inbound;
 pub mod keys;
@@ -67,15 +70,20 @@ use crate::dvv::{Meta, SiblingSet};
 use crate::error::{Error, Result};
 use crate::hints::HintBook;
 use crate::id::{Actor, NodeId};
+use crate::layout::{Change, Placement};
+use crate::paxos::Ballot;
 use crate::quorum::ReadReport;
-use crate::ring::Ring;
 use crate::vclock::VersionVector;
 
 pub use buckets::{BucketEntry, BucketInfo, ConflictPolicy};
+pub use cluster::{ClusterState, LayoutOutcome, SavedCursor, SavedSync};
 pub use keys::{HintKey, ObjectKey};
-pub use messages::{ListEntry, Request, Response, WriteOp, WriteOutcome, WriteRequest};
+pub use messages::{
+    ListEntry, NodeStatus, Request, Response, SyncProgress, WriteOp, WriteOutcome, WriteRequest,
+};
 pub use store::{
-    BucketChange, Coordinated, HintSet, LocalStore, LocalWrite, StoreOp, StoreResult, execute,
+    BucketChange, Coordinated, HintSet, LocalStore, LocalWrite, ScanPage, StoreOp, StoreResult,
+    execute, in_partitions,
 };
 
 /// Milliseconds of a monotonic clock, from an origin the executor chooses.
@@ -93,6 +101,8 @@ pub const DEFAULT_FULL_READ_EVERY: u32 = 10;
 pub const HANDOFF_TICK_MS: Millis = 1000;
 /// The registry is pulled from a random peer every this many handoff ticks.
 pub const REGISTRY_SYNC_EVERY: u64 = 5;
+/// Default pace of partition sync, bytes per second (0: unlimited).
+pub const DEFAULT_HANDOFF_RATE_BYTES: u64 = 64 << 20;
 /// Most names one listing page returns.
 pub const MAX_LIST_LIMIT: usize = 1000;
 /// Shortest wait for replicas answering after a write's quorum decision, in ms.
@@ -105,7 +115,8 @@ pub const MAX_GRACE_MS: Millis = 100;
 pub struct Config {
     /// This node's id.
     pub id: NodeId,
-    /// The ring members (the same list on every node).
+    /// The members of version 1 of a new cluster's layout (`--members`); ignored once a layout
+    /// is stored, empty for a node that learns the layout from its peers.
     pub members: Vec<NodeId>,
     /// Number of ring partitions (power of two).
     pub partitions: u32,
@@ -125,6 +136,8 @@ pub struct Config {
     /// One read in this many asks all N replicas at once, so that replicas a quorum-first read
     /// skips are still read-repaired; 1 asks all N on every read (Dynamo's read), 0 never.
     pub full_read_every: u32,
+    /// Pace of partition sync while a membership change runs, bytes per second (0: unlimited).
+    pub handoff_rate_bytes: u64,
     /// The planted bug this node runs with (simulator only).
     #[cfg(feature = "mutants")]
     pub mutant: Option<Mutant>,
@@ -151,6 +164,7 @@ impl Config {
             max_siblings: DEFAULT_MAX_SIBLINGS,
             read_speculate_ms: DEFAULT_READ_SPECULATE_MS,
             full_read_every: DEFAULT_FULL_READ_EVERY,
+            handoff_rate_bytes: DEFAULT_HANDOFF_RATE_BYTES,
             #[cfg(feature = "mutants")]
             mutant: None,
         }
@@ -175,16 +189,20 @@ pub enum Mutant {
     DotReusedAfterCrash,
     /// Read repair replaces the replica's set with the (possibly stale) merge instead of merging.
     StaleReadRepair,
+    /// A new owner reports its partitions synced without pulling them (caught only with
+    /// membership changes: `--membership`).
+    SkipPartitionSync,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 5] = [
+    pub const ALL: [Mutant; 6] = [
         Mutant::ForwardRetryAfterTimeout,
         Mutant::HintDroppedOnRestart,
         Mutant::QuorumBeforeLocalSync,
         Mutant::DotReusedAfterCrash,
         Mutant::StaleReadRepair,
+        Mutant::SkipPartitionSync,
     ];
 
     /// The mutant's name on the command line.
@@ -195,6 +213,7 @@ impl Mutant {
             Mutant::QuorumBeforeLocalSync => "quorum-before-local-sync",
             Mutant::DotReusedAfterCrash => "dot-reused-after-crash",
             Mutant::StaleReadRepair => "stale-read-repair",
+            Mutant::SkipPartitionSync => "skip-partition-sync",
         }
     }
 
@@ -307,6 +326,11 @@ pub enum ClientOp {
         /// Wall-clock time, ms since the Unix epoch.
         at_ms: u64,
     },
+    /// A membership change (the operator's admin API).
+    ChangeMembers {
+        /// The change.
+        change: Change,
+    },
     /// One page of a bucket's listing.
     List {
         /// Bucket name.
@@ -369,6 +393,8 @@ pub enum Answer {
     Bucket(BucketOutcome),
     /// A listing page.
     Listing(Listing),
+    /// A membership change was committed.
+    Layout(LayoutOutcome),
 }
 
 /// How a message failed to get an answer.
@@ -523,24 +549,77 @@ enum MsgCont {
     BucketTarget { flow: u64, node: NodeId },
     RegistryPull,
     ListTarget { flow: u64, node: NodeId },
+    Vote { ballot: Ballot, node: NodeId },
+    Committed,
+    Status { node: NodeId, pull: bool },
+    SyncPage { source: NodeId, hints: bool, started: u64 },
 }
 
 /// Where the continuation of a store operation goes.
 #[derive(Debug, Clone)]
 enum StoreCont {
-    Coordinated { flow: u64 },
-    LocalDurable { flow: u64 },
-    LocalRead { flow: u64 },
-    LocalGet { client: ClientId, lww: bool },
-    LocalRepair { hint: Option<(NodeId, HintKey)> },
-    MissedHint { flow: u64, owner: NodeId },
-    Inbound { id: InboundId, hint: Option<(NodeId, HintKey)> },
-    HintRead { owner: NodeId, key: HintKey, version: VersionVector },
-    HintRemoved { owner: NodeId, key: HintKey, version: VersionVector },
-    BucketChanged { flow: u64 },
-    BucketHint { flow: u64, owner: NodeId },
+    Coordinated {
+        flow: u64,
+    },
+    LocalDurable {
+        flow: u64,
+    },
+    LocalRead {
+        flow: u64,
+    },
+    LocalGet {
+        client: ClientId,
+        lww: bool,
+    },
+    LocalRepair {
+        hint: Option<(NodeId, HintKey)>,
+    },
+    MissedHint {
+        flow: u64,
+        owner: NodeId,
+    },
+    Inbound {
+        id: InboundId,
+        hint: Option<(NodeId, HintKey)>,
+    },
+    HintRead {
+        owner: NodeId,
+        key: HintKey,
+        version: VersionVector,
+    },
+    HintRemoved {
+        owner: NodeId,
+        key: HintKey,
+        version: VersionVector,
+    },
+    BucketChanged {
+        flow: u64,
+    },
+    BucketHint {
+        flow: u64,
+        owner: NodeId,
+    },
     RegistryApplied,
-    LocalList { flow: u64 },
+    LocalList {
+        flow: u64,
+    },
+    ClusterSaved {
+        version: u64,
+        then: cluster::AfterSave,
+    },
+    SyncApplied {
+        source: NodeId,
+        hints: bool,
+        started: u64,
+        next: Option<Vec<u8>>,
+        count: u64,
+        bytes: u64,
+    },
+    Readdress {
+        owner: NodeId,
+        key: HintKey,
+        target: Option<NodeId>,
+    },
 }
 
 /// Who gets the outcome of a write.
@@ -556,8 +635,9 @@ enum ReplyTo {
 pub struct NodeCore {
     config: Config,
     actor: Actor,
-    ring: Ring,
-    /// The ring members, shared with every local read op.
+    /// The layout, its consensus and sync.
+    cluster: cluster::ClusterCore,
+    /// The layout's voters (and a force-removed node): whose hints a local read merges.
     members: Arc<Vec<NodeId>>,
     /// Members believed up, this node included.
     up: BTreeSet<NodeId>,
@@ -590,19 +670,17 @@ pub struct NodeCore {
 }
 
 impl NodeCore {
-    /// A node starting at `now`, holding the hints `hints` (from [`LocalStore::all_hints`]).
-    /// `seed` drives every random choice it makes.
+    /// A node starting at `now`, holding the hints `hints` (from [`LocalStore::all_hints`])
+    /// and the cluster state `restored` (as last given to [`LocalStore::save_cluster`]; `None`
+    /// for a new data directory). `seed` drives every random choice it makes.
     pub fn new(
         config: Config,
         actor: Actor,
         hints: Vec<(NodeId, HintKey, VersionVector)>,
+        restored: Option<ClusterState>,
         seed: u64,
         now: Millis,
     ) -> Result<Self> {
-        let ring = Ring::new(&config.members, config.partitions, config.n)?;
-        if !config.members.contains(&config.id) {
-            return Err(Error::InvalidRing(format!("{} is not a ring member", config.id)));
-        }
         let mut book = HintBook::new();
         #[cfg(feature = "mutants")]
         let hints =
@@ -610,13 +688,12 @@ impl NodeCore {
         for (owner, key, vv) in hints {
             book.record(key, owner, &vv);
         }
-        let members = Arc::new(config.members.clone());
         let up = BTreeSet::from([config.id.clone()]);
         let mut core = NodeCore {
             config,
             actor,
-            ring,
-            members,
+            cluster: cluster::ClusterCore::default(),
+            members: Arc::new(Vec::new()),
             up,
             hints: book,
             rng: Rng::new(seed),
@@ -639,6 +716,7 @@ impl NodeCore {
             ticks: 0,
             stats: Stats::default(),
         };
+        core.init_cluster(restored)?;
         core.timers.insert((now + HANDOFF_TICK_MS, Timer::HandoffTick));
         Ok(core)
     }
@@ -658,9 +736,9 @@ impl NodeCore {
         &self.actor
     }
 
-    /// The ring.
-    pub fn ring(&self) -> &Ring {
-        &self.ring
+    /// The ring of the current layout (the new owners' while a change is in progress).
+    pub fn ring(&self) -> Option<&crate::ring::Ring> {
+        self.cluster.placement.as_ref().map(Placement::ring)
     }
 
     /// Members believed up, this node included.
@@ -726,12 +804,17 @@ impl NodeCore {
             Event::View { up } => {
                 self.up = up;
                 self.up.insert(self.config.id.clone());
+                if let Some(b) = self.cluster.placement.as_ref().and_then(Placement::banned) {
+                    self.up.remove(b);
+                }
             }
             Event::MemberUp { node } => {
-                if node != self.config.id {
+                let banned = self.cluster.placement.as_ref().and_then(Placement::banned);
+                if node != self.config.id && banned != Some(&node) {
                     self.up.insert(node.clone());
                     self.start_delivery(&node);
                     self.pull_registry();
+                    self.pull_layout_from(&node);
                 }
             }
             Event::Tick => {}
@@ -740,6 +823,11 @@ impl NodeCore {
     }
 
     fn on_client(&mut self, id: ClientId, op: ClientOp) {
+        let needs_layout = !matches!(op, ClientOp::ChangeMembers { .. });
+        if needs_layout && self.cluster.placement.is_none() {
+            let e = Error::Unavailable("this node has not learnt the cluster layout yet".into());
+            return self.answer(id, Err(e));
+        }
         match op {
             ClientOp::Put { key, meta, body, context, overwrite, w, lww } => {
                 let req = WriteRequest {
@@ -774,6 +862,7 @@ impl NodeCore {
             ClientOp::List { bucket, incarnation, prefix, start_after, limit } => {
                 self.start_list(id, bucket, incarnation, prefix, start_after, limit);
             }
+            ClientOp::ChangeMembers { change } => self.start_change(id, change),
         }
     }
 
@@ -810,6 +899,12 @@ impl NodeCore {
                     _ => None,
                 };
                 self.list_reply(flow, node, entries);
+            }
+            MsgCont::Vote { ballot, node } => self.vote_reply(ballot, node, result),
+            MsgCont::Committed => {}
+            MsgCont::Status { node, pull } => self.status_reply(node, pull, result),
+            MsgCont::SyncPage { source, hints, started } => {
+                self.sync_page(source, hints, started, result)
             }
         }
     }
@@ -880,6 +975,11 @@ impl NodeCore {
                 };
                 self.list_reply(flow, me, entries);
             }
+            StoreCont::ClusterSaved { version, then } => self.cluster_saved(version, then, result),
+            cont @ StoreCont::SyncApplied { .. } => self.on_stored_sync(cont, result),
+            StoreCont::Readdress { owner, key, target } => {
+                self.readdress_stored(owner, key, target, result)
+            }
         }
     }
 
@@ -934,9 +1034,41 @@ impl NodeCore {
         self.out.push(Action::Respond { id, response });
     }
 
-    /// The extended preference list of an object.
+    /// The extended preference lists a write of `key` must reach W in (old owners first while a
+    /// change is in progress), each with its effective N.
+    fn write_lists(&self, key: &ObjectKey) -> Vec<(Vec<NodeId>, usize)> {
+        let Some(p) = &self.cluster.placement else { return Vec::new() };
+        let part = p.partition_of(key.hash());
+        let mut ns = Vec::with_capacity(2);
+        if let Some(old) = p.old_ring() {
+            ns.push(old.n());
+        }
+        ns.push(p.ring().n());
+        p.write_lists(part).into_iter().zip(ns).collect()
+    }
+
+    /// The extended preference list a read of `key` uses, with its effective N.
+    fn read_list(&self, key: &ObjectKey) -> (Vec<NodeId>, usize) {
+        let Some(p) = &self.cluster.placement else { return (Vec::new(), 0) };
+        let part = p.partition_of(key.hash());
+        let reads_old =
+            p.layout().transition.as_ref().map(|t| t.phase) == Some(crate::layout::Phase::Syncing);
+        let n = match p.old_ring() {
+            Some(old) if reads_old => old.n(),
+            _ => p.ring().n(),
+        };
+        (p.read_list(part), n)
+    }
+
+    /// The extended preference list coordinators of `key` are chosen from.
+    #[cfg(test)]
     fn extended(&self, key: &ObjectKey) -> Vec<NodeId> {
-        self.ring.extended_preference_list(self.ring.partition_of(key.hash()))
+        self.write_lists(key).into_iter().next().map(|(l, _)| l).unwrap_or_default()
+    }
+
+    /// The layout version requests are planned under now.
+    fn layout_version(&self) -> u64 {
+        self.cluster.placement.as_ref().map_or(0, Placement::version)
     }
 
     #[allow(unused_variables)]
@@ -961,6 +1093,9 @@ fn describe(r: &Response) -> String {
         Response::Written(_) => "an unexpected Written".into(),
         Response::Registry { .. } => "an unexpected Registry".into(),
         Response::Listing { .. } => "an unexpected Listing".into(),
+        Response::Status(_) => "an unexpected Status".into(),
+        Response::Vote(_) => "an unexpected Vote".into(),
+        Response::Page { .. } => "an unexpected Page".into(),
     }
 }
 

@@ -45,8 +45,8 @@ pub(super) struct ReadFlow {
 impl NodeCore {
     /// Starts a coordinated read of `key` with quorum `r`.
     pub(super) fn start_read(&mut self, reply: ReadFor, key: ObjectKey, r: usize, lww: bool) {
-        let ext = self.extended(&key);
-        let mut rc = match ReadCoordinator::new(&ext, &self.up, self.ring.n(), r, &self.config.id) {
+        let (ext, n) = self.read_list(&key);
+        let mut rc = match ReadCoordinator::new(&ext, &self.up, n, r, &self.config.id) {
             Ok(rc) => rc,
             Err(e) => return self.finish_read_error(reply, e),
         };

@@ -86,7 +86,13 @@ impl NodeCore {
             Err(e) => return self.fail_bucket(flow, e),
         };
         let me = self.config.id.clone();
-        let members: Vec<NodeId> = self.members.iter().filter(|m| **m != me).cloned().collect();
+        let mut members: Vec<NodeId> = self.members.iter().filter(|m| **m != me).cloned().collect();
+        // Nodes outside the layout that are up (gateways, nodes waiting to be added) get the
+        // change too, so they can serve the bucket at once; they are never hinted (they pull
+        // the registry when they need it).
+        let gateways: Vec<NodeId> =
+            self.up.iter().filter(|n| **n != me && !members.contains(n)).cloned().collect();
+        members.extend(gateways);
         let up = self.up.clone();
         let Some(b) = self.buckets.get_mut(&flow) else { return };
         b.set = Some(set.clone());
@@ -116,7 +122,9 @@ impl NodeCore {
         b.open = b.open.saturating_sub(1);
         match result {
             Ok(Response::Ack { .. }) => b.written.push(node),
-            _ => b.hinted.push(node),
+            // A gateway that failed is not hinted: it pulls the registry itself.
+            _ if self.members.contains(&node) => b.hinted.push(node),
+            _ => {}
         }
         self.advance_bucket(flow);
     }
@@ -161,11 +169,11 @@ impl NodeCore {
         }
         let Some(b) = self.buckets.remove(&flow) else { return };
         let required = self.config.w.min(self.members.len());
-        let result = if b.written.len() < required {
+        let written = b.written.iter().filter(|n| self.members.contains(n)).count();
+        let result = if written < required {
             Err(Error::Unavailable(format!(
-                "{} of {required} required members stored the bucket change; the others get it \
-                 when they return",
-                b.written.len()
+                "{written} of {required} required members stored the bucket change; the others \
+                 get it when they return"
             )))
         } else {
             let bucket = if b.create {

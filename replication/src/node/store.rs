@@ -25,6 +25,7 @@ use crate::dvv::{Sibling, SiblingSet};
 use crate::error::{Error, Result};
 use crate::id::{Actor, NodeId};
 use crate::node::buckets::{self, BucketEntry, ConflictPolicy};
+use crate::node::cluster::ClusterState;
 use crate::node::keys::{HintKey, ObjectKey};
 use crate::node::messages::ListEntry;
 use crate::vclock::{Dot, VersionVector};
@@ -216,6 +217,34 @@ pub trait LocalStore {
     /// Every hint held, as (owner, key, version): the hint book is rebuilt from it at start.
     fn all_hints(&self) -> Result<Vec<(NodeId, HintKey, VersionVector)>>;
 
+    /// Stores the node's cluster state (layout, Paxos acceptor, sync cursors) durably, unless a
+    /// state with a higher `generation` was stored already (saves may finish out of order).
+    fn save_cluster(&self, state: &ClusterState) -> Result<()>;
+
+    /// The replicas of keys in `partitions` (sorted; out of `partitions_total`) — or with
+    /// `hints`, the object hints held for them, for any owner — in engine-key order after
+    /// `after` (an engine key: [`ObjectKey::encode`], or [`HintKey::encode`] for hints): at most
+    /// `max_entries`, stopping after about `max_bytes` of sets, and after looking at
+    /// [`SCAN_MAX_KEYS`] keys. Returns them and the cursor of the next page (`None` when the
+    /// keyspace is exhausted).
+    fn scan_partitions(
+        &self,
+        partitions_total: u32,
+        partitions: &[u32],
+        hints: bool,
+        after: Option<&[u8]>,
+        max_entries: usize,
+        max_bytes: u64,
+    ) -> Result<ScanPage>;
+
+    /// Merges every set into its key's replica; durable when it returns.
+    fn apply_batch(&self, entries: &[(ObjectKey, SiblingSet)]) -> Result<()> {
+        for (key, set) in entries {
+            self.apply(key, set)?;
+        }
+        Ok(())
+    }
+
     /// Mutant `stale-read-repair` only: replaces the replica of `key` with `set` (no merge).
     /// Only the simulator's store implements it.
     #[cfg(feature = "mutants")]
@@ -223,6 +252,26 @@ pub trait LocalStore {
         let _ = (key, set);
         Err(Error::Internal("this store does not run mutants".into()))
     }
+}
+
+/// Most keys one [`LocalStore::scan_partitions`] call looks at.
+pub const SCAN_MAX_KEYS: usize = 20_000;
+
+/// One page of [`LocalStore::scan_partitions`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Keys with their replicas' sets.
+    pub entries: Vec<(ObjectKey, SiblingSet)>,
+    /// The engine key the next page starts after; `None` when the scan is complete.
+    pub next: Option<Vec<u8>>,
+}
+
+/// Whether the key with ring hash `hash` falls in one of `partitions` (sorted) out of
+/// `partitions_total` (a power of two).
+pub fn in_partitions(hash: u64, partitions_total: u32, partitions: &[u32]) -> bool {
+    let bits = partitions_total.trailing_zeros();
+    let p = if bits == 0 { 0 } else { u32::try_from(hash >> (64 - bits)).unwrap_or(0) };
+    partitions.binary_search(&p).is_ok()
 }
 
 /// What [`LocalStore::coordinate`] did.
@@ -331,6 +380,28 @@ pub enum StoreOp {
         /// Page size.
         limit: usize,
     },
+    /// [`LocalStore::save_cluster`].
+    SaveCluster(Box<ClusterState>),
+    /// [`LocalStore::scan_partitions`].
+    Scan {
+        /// Q.
+        partitions_total: u32,
+        /// The partitions, sorted.
+        partitions: Vec<u32>,
+        /// Hints instead of replicas.
+        hints: bool,
+        /// Cursor (an engine key).
+        after: Option<Vec<u8>>,
+        /// Most objects.
+        max_entries: usize,
+        /// About the most bytes.
+        max_bytes: u64,
+    },
+    /// [`LocalStore::apply_batch`].
+    ApplyBatch {
+        /// Keys and the sets to merge.
+        entries: Vec<(ObjectKey, SiblingSet)>,
+    },
     /// [`LocalStore::overwrite`] (mutant `stale-read-repair` only).
     #[cfg(feature = "mutants")]
     Overwrite {
@@ -350,6 +421,7 @@ impl StoreOp {
                 | StoreOp::ReadHint { .. }
                 | StoreOp::Registry
                 | StoreOp::List { .. }
+                | StoreOp::Scan { .. }
         )
     }
 }
@@ -377,6 +449,10 @@ pub enum StoreResult {
     Registry(Vec<(String, SiblingSet<BucketEntry>)>),
     /// Of `List`.
     Listing(Vec<ListEntry>),
+    /// Of `SaveCluster` and `ApplyBatch`.
+    Done,
+    /// Of `Scan`.
+    Page(ScanPage),
 }
 
 /// Runs `op` on `store`.
@@ -417,6 +493,24 @@ pub fn execute<S: LocalStore + ?Sized>(store: &S, op: StoreOp) -> Result<StoreRe
         StoreOp::List { bucket, incarnation, prefix, start_after, limit } => StoreResult::Listing(
             store.list(&bucket, incarnation, &prefix, start_after.as_deref(), limit)?,
         ),
+        StoreOp::SaveCluster(state) => {
+            store.save_cluster(&state)?;
+            StoreResult::Done
+        }
+        StoreOp::Scan { partitions_total, partitions, hints, after, max_entries, max_bytes } => {
+            StoreResult::Page(store.scan_partitions(
+                partitions_total,
+                &partitions,
+                hints,
+                after.as_deref(),
+                max_entries,
+                max_bytes,
+            )?)
+        }
+        StoreOp::ApplyBatch { entries } => {
+            store.apply_batch(&entries)?;
+            StoreResult::Done
+        }
         #[cfg(feature = "mutants")]
         StoreOp::Overwrite { key, set } => StoreResult::Merged(store.overwrite(&key, &set)?),
     })

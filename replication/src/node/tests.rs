@@ -17,11 +17,14 @@ fn core(me: &str) -> NodeCore {
         Config::new(id(me), members.clone(), 64, 3, 2, 2),
         Actor::new(id(me), 7),
         Vec::new(),
+        None,
         1,
         0,
     )
     .unwrap();
     c.step(0, Event::View { up: members.into_iter().collect() });
+    // The first save of the cluster state (not what these tests look at).
+    c.take_actions();
     c
 }
 

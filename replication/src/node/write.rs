@@ -46,7 +46,10 @@ use crate::vclock::{Dot, VersionVector};
 pub(super) struct ForwardFlow {
     reply: ReplyTo,
     req: WriteRequest,
+    /// The list coordinators are chosen from (the old owners' while a change is in progress),
+    /// with its effective N.
     ext: Vec<NodeId>,
+    n: usize,
     reachable: BTreeSet<NodeId>,
     coordinator: NodeId,
     attempts: usize,
@@ -64,6 +67,8 @@ pub(super) struct DeleteFlow {
 
 /// One write coordinated by this node.
 pub(super) struct WriteFlow {
+    /// The layout version the write was planned under.
+    pub(super) layout: u64,
     reply: ReplyTo,
     key: ObjectKey,
     wc: WriteCoordinator,
@@ -90,13 +95,14 @@ impl NodeCore {
     /// A client write received by this node: coordinated here, or forwarded to the key's
     /// coordinator.
     pub(super) fn start_forward(&mut self, reply: ReplyTo, req: WriteRequest) {
-        let ext = self.extended(&req.key);
+        let (ext, n) = self.write_lists(&req.key).into_iter().next().unwrap_or_default();
         let reachable = self.up.clone();
         let flow = self.fresh_id();
         let f = ForwardFlow {
             reply,
             req,
             ext,
+            n,
             reachable,
             coordinator: self.config.id.clone(),
             attempts: 0,
@@ -109,11 +115,10 @@ impl NodeCore {
     fn forward_next(&mut self, flow: u64) {
         let Some(f) = self.forwards.get_mut(&flow) else { return };
         f.attempts += 1;
-        let n = self.ring.n();
         let next = if f.attempts > f.ext.len() {
             None
         } else {
-            coordinator_for(&f.ext, n, &f.reachable, &self.config.id)
+            coordinator_for(&f.ext, f.n, &f.reachable, &self.config.id)
         };
         let Some(coordinator) = next else {
             let f = self.forwards.remove(&flow);
@@ -127,7 +132,7 @@ impl NodeCore {
         };
         if coordinator == self.config.id {
             let Some(f) = self.forwards.remove(&flow) else { return };
-            self.start_write(f.reply, f.req, &f.ext, &f.reachable);
+            self.start_write(f.reply, f.req, &f.reachable);
             return;
         }
         let mut fwd = f.req.clone();
@@ -201,7 +206,6 @@ impl NodeCore {
 
     /// A write forwarded by a peer, which skipped `req.excluded` as unreachable.
     pub(super) fn coordinate_forwarded(&mut self, id: super::InboundId, req: WriteRequest) {
-        let ext = self.extended(&req.key);
         let mut reachable = self.up.clone();
         for ex in &req.excluded {
             if ex != self.config.id.as_str()
@@ -210,19 +214,13 @@ impl NodeCore {
                 reachable.remove(&node);
             }
         }
-        self.start_write(ReplyTo::Peer(id), req, &ext, &reachable);
+        self.start_write(ReplyTo::Peer(id), req, &reachable);
     }
 
     /// The coordinator's side of a write.
-    fn start_write(
-        &mut self,
-        reply: ReplyTo,
-        req: WriteRequest,
-        ext: &[NodeId],
-        reachable: &BTreeSet<NodeId>,
-    ) {
-        let n = self.ring.n();
-        let wc = match WriteCoordinator::new(ext, reachable, n, req.w, &self.config.id) {
+    fn start_write(&mut self, reply: ReplyTo, req: WriteRequest, reachable: &BTreeSet<NodeId>) {
+        let lists = self.write_lists(&req.key);
+        let wc = match WriteCoordinator::new_multi(&lists, reachable, req.w, &self.config.id) {
             Ok(wc) => wc,
             Err(e) => return self.finish_forward(reply, Err(e)),
         };
@@ -252,6 +250,7 @@ impl NodeCore {
         self.writes.insert(
             flow,
             WriteFlow {
+                layout: self.layout_version(),
                 reply,
                 key: req.key.clone(),
                 wc,

@@ -385,16 +385,39 @@ impl World {
                 }
             },
             Stage::Write { op, key, elem, delete, unique } => {
-                let outcome = match reply.into_answer() {
+                let answer = reply.into_answer();
+                if let (Some(dbg), Some(Ok(Answer::Written(w)))) =
+                    (std::env::var_os("CAIRN_SIM_TRACE_KEY"), &answer)
+                    && dbg.to_str() == Some(key.as_str())
+                {
+                    eprintln!(
+                        "DBG {} ms: {key} {:?} w {} acked by {} written {:?} hinted {:?} pref {:?} ctx {:?}",
+                        self.now,
+                        elem,
+                        w.report.required,
+                        w.node,
+                        w.report.replicas_written,
+                        w.report.hinted,
+                        w.report.pref_list,
+                        w.context
+                    );
+                }
+                let outcome = match &answer {
                     None => Outcome::Failed,
                     Some(Ok(Answer::Written(_))) => Outcome::Ok,
                     Some(Ok(other)) => {
                         self.breaches.push(format!("a write answered {other:?}"));
                         Outcome::Indeterminate
                     }
-                    Some(Err(e)) => error_outcome(&e, delete),
+                    Some(Err(e)) => error_outcome(e, delete),
                 };
                 self.history[op].outcome = outcome;
+                if let Some(Ok(Answer::Written(o))) = &answer {
+                    // Which nodes hold it (owners or fallbacks): what a force-removal takes.
+                    let on = o.report.replicas_written.iter().cloned().collect();
+                    let acked = crate::world::Acked { at: self.now, dot: o.dot.clone(), on };
+                    self.acked_on.entry(key.clone()).or_default().push(acked);
+                }
                 if unique
                     && outcome == Outcome::Ok
                     && let Some(elem) = elem

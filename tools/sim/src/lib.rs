@@ -21,8 +21,11 @@
 //!   detector, node lifecycle (crash, clean stop, pause, restart) and fault scenarios.
 //! - [`client`]: the workload clients and how their outcomes are recorded.
 //! - [`run`]: one seed's phases (setup, chaos, heal, quiescence, read-back) and checks.
+//! - [`admin`]: the membership nemesis (`--membership`): add a node, then decommission or
+//!   force-remove one, while faults run.
 //! - `main.rs`: the command line (seeds in parallel, summary, replay commands).
 
+pub mod admin;
 pub mod client;
 pub mod rng;
 pub mod run;

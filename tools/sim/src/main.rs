@@ -42,6 +42,10 @@ struct Args {
     /// concurrent writes by design; the run must fail (the checker sees a loss).
     #[arg(long)]
     lww_control: bool,
+    /// Membership changes during the run: the last node starts outside the layout and is added,
+    /// then another is decommissioned or force-removed, while faults run.
+    #[arg(long)]
+    membership: bool,
     /// One line per seed.
     #[arg(long)]
     verbose: bool,
@@ -80,6 +84,10 @@ fn main() -> ExitCode {
         eprintln!("--nodes must be 2..=64 (R = W = 2)");
         return ExitCode::from(2);
     }
+    if args.membership && args.nodes < 4 {
+        eprintln!("--membership needs --nodes 4 or more (3 founders, N = 3, and a spare)");
+        return ExitCode::from(2);
+    }
     let seeds: Vec<u64> = match args.seed {
         Some(s) => vec![s],
         None => (args.first..args.first.saturating_add(args.seeds)).collect(),
@@ -89,10 +97,13 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
         .clamp(1, 64);
     let started = Instant::now();
-    let reports = run_all(&seeds, args.nodes, mutant, args.lww_control, jobs);
+    let reports = run_all(&seeds, args.nodes, mutant, args.lww_control, args.membership, jobs);
     let mut mutant_arg = mutant.map(|m| format!(" --mutant {}", m.name())).unwrap_or_default();
     if args.lww_control {
         mutant_arg.push_str(" --lww-control");
+    }
+    if args.membership {
+        mutant_arg.push_str(" --membership");
     }
     let mut failures = 0;
     let (mut ok, mut failed, mut indet, mut events, mut sim_ms) = (0, 0, 0, 0, 0);
@@ -120,10 +131,11 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "cairn-sim: {} nodes, mutant {}: {} writes and deletes ({ok} acknowledged, {failed} \
+        "cairn-sim: {} nodes{}, mutant {}: {} writes and deletes ({ok} acknowledged, {failed} \
          failed, {indet} indeterminate), {events} events, {} simulated s; seeds: {}, failures: \
          {failures}",
         args.nodes,
+        if args.membership { " with membership changes" } else { "" },
         name(mutant),
         ok + failed + indet,
         sim_ms / 1000,
@@ -143,6 +155,7 @@ fn run_all(
     nodes: usize,
     mutant: Option<Mutant>,
     lww: bool,
+    membership: bool,
     jobs: usize,
 ) -> Vec<Report> {
     let next = AtomicU64::new(0);
@@ -154,7 +167,7 @@ fn run_all(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(&seed) = seeds.get(i) else { break };
-                    let report = run(&Params { seed, nodes, mutant, lww });
+                    let report = run(&Params { seed, nodes, mutant, lww, membership });
                     let bad = u64::from(!report.failures.is_empty());
                     let f = failed.fetch_add(bad, Ordering::Relaxed) + bad;
                     let d = done.fetch_add(1, Ordering::Relaxed) + 1;

@@ -68,6 +68,9 @@ pub struct Params {
     /// Every request asks for last-writer-wins resolution: the control run, which must lose
     /// acknowledged writes (proof that the checker sees a loss).
     pub lww: bool,
+    /// Run the membership nemesis ([`crate::admin`]): the last node is added, then another is
+    /// decommissioned or force-removed.
+    pub membership: bool,
 }
 
 /// What one seed did and found.
@@ -100,7 +103,7 @@ pub fn run(p: &Params) -> Report {
 }
 
 fn run_seed(p: &Params) -> Result<Report> {
-    let mut w = World::new(p.seed, p.nodes, p.mutant)?;
+    let mut w = World::new(p.seed, p.nodes, p.mutant, p.membership)?;
     w.lww = p.lww;
     let mut failures = Vec::new();
 
@@ -133,6 +136,9 @@ fn run_seed(p: &Params) -> Result<Report> {
     w.chaos = true;
     w.start_clients();
     w.start_faults();
+    if p.membership {
+        w.start_membership();
+    }
     let chaos_end = w.now + w.settings.chaos_ms;
     w.run_until(chaos_end, |_| false);
 
@@ -146,8 +152,77 @@ fn run_seed(p: &Params) -> Result<Report> {
         ));
     }
 
-    // 5. Read-back.
     let keys: BTreeSet<String> = w.history.iter().map(|o| o.key.clone()).collect();
+    // After membership changes, before any read repair: every acknowledged write (and delete)
+    // must be in the own replicas of all but at most N - W owners of the final layout, so that
+    // every read quorum of the final owners sees it (pulled, written during the change, or
+    // delivered by handoff). All N is too strict even without changes: a coordinator that
+    // crashes after its answer takes the hint for its slowest target with it, and only read
+    // repair (and later anti-entropy) heals that replica.
+    {
+        let local = w.owner_views(&keys);
+        let mut short = Vec::new();
+        for (key, views) in local {
+            if w.excused.contains(&key) || w.reduced.contains(&key) {
+                continue;
+            }
+            let ops: Vec<Op> = w.history.iter().filter(|o| o.key == key).cloned().collect();
+            let v = history::check(&ops, &BTreeMap::from([(key.clone(), views)]));
+            let mut lacking: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for f in &v.findings {
+                if f.what.starts_with("acknowledged write missing")
+                    || f.what.starts_with("version visible after")
+                {
+                    lacking.entry(f.elem.as_str()).or_default().push(f.node.as_str());
+                }
+            }
+            for (elem, nodes) in lacking {
+                if nodes.len() > crate::world::N - crate::world::W {
+                    short.push(format!("{key} {elem} missing on {}", nodes.join("+")));
+                }
+            }
+        }
+        if !short.is_empty() {
+            failures.push(format!(
+                "{} acknowledged operations are missing on more than N - W owners of the final \
+                 layout before read repair: {}",
+                short.len(),
+                short.iter().take(QUOTED).cloned().collect::<Vec<_>>().join("; ")
+            ));
+        }
+    }
+
+    if let Some(k) = std::env::var_os("CAIRN_SIM_TRACE_KEY").and_then(|k| k.into_string().ok()) {
+        let key = w.object(&k);
+        for (i, n) in w.nodes.iter().enumerate() {
+            let set = cairn_replication::node::LocalStore::read(&n.store, &key, &w.members);
+            let l = n.core.as_ref().and_then(|c| c.layout()).map(|l| l.version);
+            let owners = n
+                .core
+                .as_ref()
+                .and_then(|c| c.placement())
+                .map(|p| p.ring().preference_list(p.partition_of(key.hash())).to_vec());
+            eprintln!(
+                "DBG end {}: layout {l:?} owners {owners:?} gone {} set {:?}",
+                w.members[i],
+                w.gone.contains(&i),
+                set.map(|s| s.map(|s| s.join()))
+            );
+        }
+    }
+
+    if p.membership {
+        let findings = w.sync_findings();
+        if !findings.is_empty() {
+            failures.push(format!(
+                "partition sync missed {} acknowledged operations: {}",
+                findings.len(),
+                findings.iter().take(QUOTED).cloned().collect::<Vec<_>>().join("; ")
+            ));
+        }
+    }
+
+    // 5. Read-back.
     let mut disagree = Vec::new();
     let mut rounds = 0;
     for _ in 0..ROUNDS {
@@ -200,7 +275,10 @@ fn run_seed(p: &Params) -> Result<Report> {
         failures.push(format!("event bound of {} hit at {} ms", crate::world::MAX_EVENTS, w.now));
     }
     let ops = counts(&w);
-    let line = summary_line(&w, &verdict, rounds, ops);
+    let mut line = summary_line(&w, &verdict, rounds, ops);
+    if p.membership {
+        let _ = write!(line, "; membership: {}", w.admin.log.join(", "));
+    }
     Ok(Report { seed: p.seed, failures, line, ops, events: w.stats.events, sim_ms: w.now })
 }
 
@@ -299,36 +377,73 @@ fn summary_line(w: &World, v: &Verdict, rounds: usize, ops: (usize, usize, usize
 }
 
 impl World {
+    /// The ids of the nodes that should be running (all but force-removed ones).
+    fn running_ids(&self) -> BTreeSet<NodeId> {
+        (0..self.nodes.len())
+            .filter(|i| !self.gone.contains(i))
+            .map(|i| self.members[i].clone())
+            .collect()
+    }
+
     /// Phase 4's condition (see PHASES).
     pub fn quiescent(&self) -> bool {
-        let all: BTreeSet<NodeId> = self.members.iter().cloned().collect();
+        let all = self.running_ids();
         let registry = |i: usize| self.nodes[i].store.registry_snapshot();
-        let first = registry(0);
+        let Some(first_i) = (0..self.nodes.len()).find(|i| !self.gone.contains(i)) else {
+            return false;
+        };
+        let first = registry(first_i);
+        let layout = |i: usize| self.nodes[i].core.as_ref().and_then(|c| c.layout().cloned());
+        let first_layout = layout(first_i);
         self.clients.iter().all(|c| !c.busy())
             && self.probes.values().all(Option::is_some)
-            && self.nodes.iter().enumerate().all(|(i, n)| {
-                n.status == Status::Up
-                    && n.view == all
-                    && n.inbound.is_empty()
-                    && n.client_reqs.is_empty()
-                    && n.store.waiting() == 0
-                    && n.core.as_ref().is_some_and(|c| c.in_flight() == 0 && c.hint_count() == 0)
-                    && n.store.all_hint_count() == 0
-                    && registry(i) == first
-            })
+            && self.admin.done()
+            && first_layout.as_ref().is_some_and(|l| l.transition.is_none())
+            && self.nodes.iter().enumerate().filter(|(i, _)| !self.gone.contains(i)).all(
+                |(i, n)| {
+                    layout(i) == first_layout
+                        && n.status == Status::Up
+                        && n.view == all
+                        && n.inbound.is_empty()
+                        && n.client_reqs.is_empty()
+                        && n.store.waiting() == 0
+                        && n.core
+                            .as_ref()
+                            .is_some_and(|c| c.in_flight() == 0 && c.hint_count() == 0)
+                        && n.store.all_hint_count() == 0
+                        && registry(i) == first
+                },
+            )
     }
 
     /// What keeps the world from quiescence.
     pub fn unquiet(&self) -> String {
-        let all: BTreeSet<NodeId> = self.members.iter().cloned().collect();
+        let all = self.running_ids();
         let mut out = Vec::new();
+        if !self.admin.done() {
+            out.push(format!(
+                "membership changes not done ({}; last refusal: {})",
+                self.admin.log.join(", "),
+                self.admin.last_error.as_deref().unwrap_or("none")
+            ));
+        }
         let busy = self.clients.iter().filter(|c| c.busy()).count();
         if busy > 0 {
             out.push(format!("{busy} clients waiting"));
         }
         let first = self.nodes[0].store.registry_snapshot();
-        for n in &self.nodes {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if self.gone.contains(&i) {
+                continue;
+            }
             let mut what = Vec::new();
+            if let Some(l) = n.core.as_ref().and_then(|c| c.layout()) {
+                if let Some(t) = &l.transition {
+                    what.push(format!("layout v{} {} {:?}", l.version, t.change, t.phase));
+                }
+            } else if n.core.is_some() {
+                what.push("no layout".into());
+            }
             if n.status != Status::Up {
                 what.push(format!("{:?}", n.status));
             }
@@ -380,7 +495,9 @@ impl World {
     ) -> BTreeMap<String, BTreeMap<String, View>> {
         let mut asked = Vec::new();
         for key in keys {
-            for n in 0..self.nodes.len() {
+            let running: Vec<usize> =
+                (0..self.nodes.len()).filter(|n| !self.gone.contains(n)).collect();
+            for n in running {
                 let op = ClientOp::Get {
                     key: self.object(key),
                     r: crate::world::R,
@@ -412,11 +529,55 @@ impl World {
         views
     }
 
+    /// Each key's final owners' own replicas (merged with any hints), as views.
+    pub fn owner_views(&self, keys: &BTreeSet<String>) -> BTreeMap<String, BTreeMap<String, View>> {
+        let newest = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref().and_then(|c| c.placement()))
+            .max_by_key(|p| p.version());
+        let Some(ring) = newest.map(|p| p.ring().clone()) else { return BTreeMap::new() };
+        let mut out: BTreeMap<String, BTreeMap<String, View>> = BTreeMap::new();
+        for name in keys {
+            let key = self.object(name);
+            for o in ring.preference_list(ring.partition_of(key.hash())) {
+                let Some(i) = self.members.iter().position(|m| m == o) else { continue };
+                let read = cairn_replication::node::LocalStore::read(
+                    &self.nodes[i].store,
+                    &key,
+                    &self.members,
+                );
+                let view = match read {
+                    Ok(Some(set)) => {
+                        let outcome = cairn_replication::node::ReadOutcome {
+                            node: o.to_string(),
+                            set,
+                            report: None,
+                        };
+                        match live_contents(&outcome) {
+                            Ok(live) if live.is_empty() => View::NotFound,
+                            Ok(live) => View::Found { live, delete_markers: 0 },
+                            Err(e) => View::Unreadable(e),
+                        }
+                    }
+                    Ok(None) => View::NotFound,
+                    Err(e) => View::Unreadable(e.to_string()),
+                };
+                out.entry(name.clone()).or_default().insert(o.to_string(), view);
+            }
+        }
+        out
+    }
+
     /// Keys whose owners' local sets (replica merged with any hints, as `Get local=true`
     /// reads) differ, each with a short description.
     pub fn disagreements(&self, keys: &BTreeSet<String>) -> Vec<String> {
-        let Some(ring) = self.nodes.iter().find_map(|n| n.core.as_ref().map(|c| c.ring().clone()))
-        else {
+        let newest = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref().and_then(|c| c.placement()))
+            .max_by_key(|p| p.version());
+        let Some(ring) = newest.map(|p| p.ring().clone()) else {
             return vec!["no node is running".into()];
         };
         let mut out = Vec::new();
@@ -468,7 +629,7 @@ mod tests {
     use super::*;
 
     fn params(seed: u64) -> Params {
-        Params { seed, nodes: 5, mutant: None, lww: false }
+        Params { seed, nodes: 5, mutant: None, lww: false, membership: false }
     }
 
     #[test]

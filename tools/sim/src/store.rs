@@ -31,9 +31,10 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use cairn_replication::node::buckets::BucketEntry;
+use cairn_replication::node::store::SCAN_MAX_KEYS;
 use cairn_replication::node::{
-    BucketChange, Coordinated, HintKey, HintSet, ListEntry, LocalStore, LocalWrite, ObjectKey,
-    ReqId, StoreResult,
+    BucketChange, ClusterState, Coordinated, HintKey, HintSet, ListEntry, LocalStore, LocalWrite,
+    ObjectKey, ReqId, ScanPage, StoreResult, in_partitions,
 };
 use cairn_replication::{Actor, Error, NodeId, Result, SiblingSet, VersionVector};
 
@@ -156,6 +157,9 @@ type Waiter = (u64, ReqId, Result<StoreResult>);
 #[derive(Debug)]
 pub struct MemStore {
     log: RefCell<Log>,
+    /// The cluster state file: written durably on every save (write, fsync, rename), so a crash
+    /// never loses it.
+    cluster: RefCell<Option<ClusterState>>,
     policy: SyncPolicy,
     waiters: Vec<Waiter>,
     /// The target lsn of the fsync running, if one is.
@@ -174,7 +178,13 @@ pub struct Finish {
 impl MemStore {
     /// An empty store with `policy`.
     pub fn new(policy: SyncPolicy) -> MemStore {
-        MemStore { log: RefCell::new(Log::default()), policy, waiters: Vec::new(), syncing: None }
+        MemStore {
+            log: RefCell::new(Log::default()),
+            cluster: RefCell::new(None),
+            policy,
+            waiters: Vec::new(),
+            syncing: None,
+        }
     }
 
     /// Its sync policy.
@@ -274,6 +284,16 @@ impl MemStore {
         log.current = log.durable.clone();
         log.lsn = log.durable_lsn;
         (lost, keys)
+    }
+
+    /// The cluster state stored (what a restart reads).
+    pub fn cluster_state(&self) -> Option<ClusterState> {
+        self.cluster.borrow().clone()
+    }
+
+    /// Every replica (no hints) this store holds now.
+    pub fn objects(&self) -> BTreeMap<ObjectKey, SiblingSet> {
+        self.log.borrow().current.objects.clone()
     }
 
     /// This node's own replica of `key` (no hints).
@@ -444,6 +464,59 @@ impl LocalStore for MemStore {
             .iter()
             .map(|((o, k), s)| (o.clone(), k.clone(), s.join()))
             .collect())
+    }
+
+    fn save_cluster(&self, state: &ClusterState) -> Result<()> {
+        let mut c = self.cluster.borrow_mut();
+        if c.as_ref().is_none_or(|old| old.generation < state.generation) {
+            *c = Some(state.clone());
+        }
+        Ok(())
+    }
+
+    fn scan_partitions(
+        &self,
+        partitions_total: u32,
+        partitions: &[u32],
+        hints: bool,
+        after: Option<&[u8]>,
+        max_entries: usize,
+        max_bytes: u64,
+    ) -> Result<ScanPage> {
+        let log = self.log.borrow();
+        // The engine's order: by encoded key.
+        let mut all: Vec<(Vec<u8>, ObjectKey, SiblingSet)> = if hints {
+            log.current
+                .hints
+                .iter()
+                .filter_map(|((owner, k), set)| match (k, set) {
+                    (HintKey::Object(o), HintSet::Object(s)) => {
+                        Some((k.encode(owner.as_str()), o.clone(), s.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        } else {
+            log.current.objects.iter().map(|(k, s)| (k.encode(), k.clone(), s.clone())).collect()
+        };
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut page = ScanPage::default();
+        let mut bytes = 0u64;
+        let mut looked = 0;
+        for (raw, key, set) in
+            all.into_iter().filter(|(raw, _, _)| after.is_none_or(|a| raw.as_slice() > a))
+        {
+            looked += 1;
+            if in_partitions(key.hash(), partitions_total, partitions) {
+                bytes += set.to_bytes().map_or(0, |b| b.len() as u64);
+                page.entries.push((key, set));
+            }
+            if page.entries.len() >= max_entries || bytes >= max_bytes || looked >= SCAN_MAX_KEYS {
+                page.next = Some(raw);
+                return Ok(page);
+            }
+        }
+        Ok(page)
     }
 
     #[cfg(feature = "mutants")]

@@ -171,6 +171,17 @@ pub enum Status {
     Down,
 }
 
+/// An acknowledged write or delete, as its answer reported it.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    /// When the client got the answer.
+    pub at: u64,
+    /// The dot of the version (or tombstone) it wrote.
+    pub dot: cairn_replication::Dot,
+    /// The nodes that stored it (owners or fallbacks).
+    pub on: BTreeSet<NodeId>,
+}
+
 /// One simulated node.
 pub struct Node {
     /// Its id.
@@ -394,6 +405,8 @@ pub enum Ev {
     },
     /// A fault action.
     Fault(Fault),
+    /// The membership nemesis looks at its change.
+    Admin,
 }
 
 struct Queued {
@@ -466,7 +479,7 @@ pub struct World {
     /// The planted bug, if any.
     pub mutant: Option<Mutant>,
     net: Rng,
-    faults: Rng,
+    pub(crate) faults: Rng,
     disk: Rng,
     lag: Rng,
     /// Random choices of the harness (seeds of cores, epochs, clients).
@@ -499,11 +512,23 @@ pub struct World {
     /// Clients ask for last-writer-wins resolution (the control run).
     pub lww: bool,
     dots: BTreeMap<(ObjectKey, Dot), String>,
+    /// Membership changes run: the last node starts outside the layout.
+    pub membership: bool,
+    /// The membership nemesis.
+    pub admin: crate::admin::Admin,
+    /// Force-removed nodes: down for good.
+    pub gone: BTreeSet<usize>,
+    /// Per key, for each acknowledged write or delete, the nodes that stored it (owners or
+    /// fallbacks): a force-removal destroys those copies.
+    pub acked_on: BTreeMap<String, Vec<Acked>>,
+    /// Keys with an acknowledged operation one of whose copies a force-removal destroyed: fewer
+    /// than W copies are guaranteed, so the owner check before read repair skips them.
+    pub reduced: BTreeSet<String>,
 }
 
 impl World {
     /// A world of `nodes` nodes for `seed`, all up at time 0 (views still empty).
-    pub fn new(seed: u64, nodes: usize, mutant: Option<Mutant>) -> Result<World> {
+    pub fn new(seed: u64, nodes: usize, mutant: Option<Mutant>, membership: bool) -> Result<World> {
         let mut root = Rng::new(seed);
         let settings = Settings::draw(&mut root, nodes);
         let members: Vec<NodeId> =
@@ -536,6 +561,11 @@ impl World {
             incarnation: 0,
             lww: false,
             dots: BTreeMap::new(),
+            membership,
+            admin: crate::admin::Admin::default(),
+            gone: BTreeSet::new(),
+            acked_on: BTreeMap::new(),
+            reduced: BTreeSet::new(),
         };
         for (i, id) in members.into_iter().enumerate() {
             w.nodes.push(Node {
@@ -566,7 +596,11 @@ impl World {
     /// The protocol settings of node `i`.
     fn config(&self, i: usize) -> Config {
         #[allow(unused_mut)]
-        let mut c = Config::new(self.members[i].clone(), self.members.clone(), PARTITIONS, N, R, W);
+        // With membership changes the last node starts outside the layout (no `--members`).
+        let founders = if self.membership { self.members.len() - 1 } else { self.members.len() };
+        let seed_members =
+            if i < founders { self.members[..founders].to_vec() } else { Vec::new() };
+        let mut c = Config::new(self.members[i].clone(), seed_members, PARTITIONS, N, R, W);
         c.request_timeout_ms = self.settings.request_timeout_ms;
         #[cfg(feature = "mutants")]
         {
@@ -726,6 +760,7 @@ impl World {
             Ev::ClientTimeout { client, cid } => self.client_timeout(client, cid),
             Ev::ClientWake { client } => self.client_wake(client),
             Ev::Fault(f) => self.fault(f),
+            Ev::Admin => self.admin_step(),
         }
     }
 
@@ -802,7 +837,7 @@ impl World {
                 // `Coordinate`, the log's end for everything else (see `store.rs`).
                 let wait = match &op {
                     StoreOp::WaitDurable { lsn } => Some(*lsn),
-                    StoreOp::Coordinate { .. } => None,
+                    StoreOp::Coordinate { .. } | StoreOp::SaveCluster(_) => None,
                     _ => Some(u64::MAX),
                 };
                 let coordinated = match &op {
@@ -1019,7 +1054,8 @@ impl World {
         let hints = self.nodes[i].store.all_hints()?;
         let actor = Actor::new(self.members[i].clone(), epoch);
         let seed = self.rng.next_u64();
-        let core = NodeCore::new(self.config(i), actor, hints, seed, self.now)?;
+        let restored = self.nodes[i].store.cluster_state();
+        let core = NodeCore::new(self.config(i), actor, hints, restored, seed, self.now)?;
         let node = &mut self.nodes[i];
         node.core = Some(core);
         node.epoch = epoch;
@@ -1037,7 +1073,7 @@ impl World {
     }
 
     /// Takes node `i` down (crash, or the end of a clean stop).
-    fn take_down(&mut self, i: usize, clean: bool) {
+    pub(crate) fn take_down(&mut self, i: usize, clean: bool) {
         let node = &mut self.nodes[i];
         if let Some(core) = node.core.take() {
             add_stats(&mut self.stats.core, &core.stats);
@@ -1094,7 +1130,7 @@ impl World {
 
     /// Restarts node `i` if it is down.
     pub fn restart(&mut self, i: usize) {
-        if self.nodes[i].status != Status::Down {
+        if self.nodes[i].status != Status::Down || self.gone.contains(&i) {
             return;
         }
         let previous = Some(self.nodes[i].epoch);
