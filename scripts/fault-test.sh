@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Short fault-injection runs (a few minutes in all): on local processes a faults run (kill -9,
-# SIGSTOP), the lww control (which must REPORT lost writes) and the crash-durability run
-# (20 kill -9 under --sync always); then, where Docker and docker-compose are present, a faults
+# SIGSTOP), the lww control (which must REPORT lost writes), the crash-durability run (20 kill -9
+# under --sync always) and a faults run with membership changes (a node added, another
+# decommissioned); then, where Docker and docker-compose are present, a faults
 # run on the compose cluster (kill, pause, network partitions). Exits non-zero on the first
 # failing run. Run records (seed, schedule, settings, results) go to target/faults/.
 #
@@ -23,6 +24,8 @@ harness=target/debug/cairn-faults
 "$harness" --cluster local --duration "$secs" --seed "$seed"
 "$harness" --cluster local --duration "$secs" --seed "$seed" --lww-control
 "$harness" --cluster local --mode crash --kills 20 --seed "$seed"
+# A node added and another decommissioned while the faults run (5 local nodes).
+"$harness" --cluster local --duration "$secs" --seed "$seed" --membership
 
 if [[ "${FAULT_SKIP_DOCKER:-0}" == 1 ]]; then
     echo "fault-test: FAULT_SKIP_DOCKER=1, Docker mode skipped"

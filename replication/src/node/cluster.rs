@@ -135,6 +135,8 @@ pub(super) struct SyncRun {
     gate_open: bool,
     keys: u64,
     bytes: u64,
+    /// `--handoff-rate` for the whole node: no page is asked for before this time.
+    paced_until: u64,
 }
 
 impl SyncRun {
@@ -759,7 +761,7 @@ impl NodeCore {
                 .insert((src, false), Source { partitions, after, done, busy: false, next_at: 0 });
         }
         let (keys, bytes) = saved.as_ref().map_or((0, 0), |s| (s.keys, s.bytes));
-        let run = SyncRun { started, sources, gate_open: false, keys, bytes };
+        let run = SyncRun { started, sources, gate_open: false, keys, bytes, paced_until: 0 };
         tracing::info!(
             started,
             partitions = run.progress().partitions,
@@ -806,7 +808,7 @@ impl NodeCore {
     }
 
     /// Sends the next page request to every source that is idle, up and due.
-    fn pump_sync(&mut self) {
+    pub(super) fn pump_sync(&mut self) {
         let Some(q) = self.cluster.placement.as_ref().map(|p| p.ring().partitions()) else {
             return;
         };
@@ -815,7 +817,7 @@ impl NodeCore {
         {
             let up = &self.up;
             let Some(run) = self.cluster.sync.as_mut() else { return };
-            if !run.gate_open {
+            if !run.gate_open || run.paced_until > now {
                 return;
             }
             // Replicas only once every hint pass is complete (see the module documentation).
@@ -904,10 +906,20 @@ impl NodeCore {
         }
         s.done = next.is_none();
         s.after = next;
-        s.next_at = now + bytes.saturating_mul(1000).checked_div(rate).unwrap_or(0);
+        s.next_at = now;
+        // The rate is the node's, over every source: space the next page by this one's size.
+        let mut pace = None;
         if let Some(run) = self.cluster.sync.as_mut() {
             run.keys += count;
             run.bytes += bytes;
+            let wait = bytes.saturating_mul(1000).checked_div(rate).unwrap_or(0);
+            run.paced_until = run.paced_until.max(now) + wait;
+            if run.paced_until > now {
+                pace = Some(run.paced_until);
+            }
+        }
+        if let Some(at) = pace {
+            self.timer(at, super::Timer::SyncPump);
         }
         let finished =
             self.cluster.sync.as_ref().is_some_and(|r| r.sources.values().all(|s| s.done));

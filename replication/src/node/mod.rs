@@ -536,6 +536,8 @@ enum Timer {
     ReadDeadline(u64),
     /// Hinted handoff and registry anti-entropy.
     HandoffTick,
+    /// Partition sync may ask for its next page (`--handoff-rate`).
+    SyncPump,
 }
 
 /// Where the continuation of a sent message goes.
@@ -998,6 +1000,7 @@ impl NodeCore {
                     self.timers.insert((self.now + HANDOFF_TICK_MS, Timer::HandoffTick));
                     self.handoff_tick();
                 }
+                Timer::SyncPump => self.pump_sync(),
             }
         }
     }

@@ -101,6 +101,13 @@ impl Client {
         Ok((s, r.json::<Value>().await.unwrap_or(Value::Null)))
     }
 
+    /// DELETE a path, answer (status, JSON or Null).
+    pub async fn delete_json(&self, node: &str, path: &str) -> Result<(u16, Value)> {
+        let r = self.http.delete(format!("http://{node}{path}")).send().await?;
+        let s = r.status().as_u16();
+        Ok((s, r.json::<Value>().await.unwrap_or(Value::Null)))
+    }
+
     /// Reads `key` through `node` (a coordinated read, or `?local=true` for the node's replica),
     /// resolving siblings. `Ok(None)`-like answers are an empty [`Read`].
     pub async fn read(&self, node: &str, key: &str, local: bool) -> Result<Read> {

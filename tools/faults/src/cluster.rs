@@ -79,6 +79,8 @@ pub struct Local {
     extra: Vec<String>,
     procs: Vec<Option<Child>>,
     faults: Vec<Faults>,
+    /// Nodes `0..founders` start with `--members`; the others without (they join when added).
+    founders: usize,
 }
 
 /// A Docker Compose project.
@@ -144,6 +146,19 @@ impl Local {
     /// Prepares (does not start) `n` nodes with data under `dir`, using the `cairn` binary `bin`
     /// and `extra` flags for every node.
     pub fn new(bin: &Path, dir: &Path, n: usize, extra: &[String]) -> Result<Local> {
+        Local::with_spares(bin, dir, n, 0, extra)
+    }
+
+    /// `founders` members and `spares` nodes started without `--members` (gateways until an
+    /// operator adds them).
+    pub fn with_spares(
+        bin: &Path,
+        dir: &Path,
+        founders: usize,
+        spares: usize,
+        extra: &[String],
+    ) -> Result<Local> {
+        let n = founders + spares;
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Setup(format!("{}: {e}", dir.display())))?;
         std::fs::write(dir.join("secret"), "fault harness cluster secret, local only")
@@ -163,6 +178,7 @@ impl Local {
             extra: extra.to_vec(),
             procs: (0..n).map(|_| None).collect(),
             faults: vec![Faults::default(); n],
+            founders,
         })
     }
 
@@ -182,7 +198,11 @@ impl Local {
             .arg(self.dir.join(&self.ids[i]))
             .args(["--http", &self.http[i], "--p2p", &self.p2p[i]])
             .args(["--bootstrap", &bootstrap.join(",")])
-            .args(["--members", &self.ids.join(",")])
+            .args(if i < self.founders {
+                vec!["--members".to_owned(), self.ids[..self.founders].join(",")]
+            } else {
+                Vec::new()
+            })
             .arg("--secret-file")
             .arg(self.dir.join("secret"))
             .args(["--heartbeat-ms", &LOCAL_HEARTBEAT_MS.to_string()])

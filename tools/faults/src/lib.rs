@@ -15,6 +15,8 @@
 //! - `client.rs`: the HTTP operations (reads resolving siblings) classified into outcomes.
 //! - `workload.rs`: the client loops, the fault executor, the read-back and agreement checks.
 //! - `crash.rs`: the crash-durability mode.
+//! - `membership.rs`: `--membership`, an operator adding a node and decommissioning another
+//!   during the run.
 //!
 //! Everything but `history` needs the default feature `harness`; without it the crate is only
 //! the checker, which the whole-cluster simulator (`tools/sim`) reuses.
@@ -26,6 +28,8 @@ pub mod cluster;
 #[cfg(feature = "harness")]
 pub mod crash;
 pub mod history;
+#[cfg(feature = "harness")]
+pub mod membership;
 #[cfg(feature = "harness")]
 pub mod schedule;
 #[cfg(feature = "harness")]

@@ -122,6 +122,11 @@ struct Args {
     /// Leave the cluster running at the end (for inspection).
     #[arg(long)]
     keep: bool,
+    /// Membership changes during the run (local clusters): a 5th node started without
+    /// --members is added a few seconds in, then n4 is decommissioned, while faults run on
+    /// every node; the run fails unless both changes complete.
+    #[arg(long)]
+    membership: bool,
 }
 
 /// The run record written by --out.
@@ -144,6 +149,8 @@ struct Record<'a> {
     ops: &'a [Op],
     passed: bool,
     wall_secs: u64,
+    /// What the membership driver did (`--membership`).
+    membership: Option<&'a cairn_faults::membership::Log>,
 }
 
 fn main() -> ExitCode {
@@ -208,8 +215,14 @@ fn build_cluster(args: &Args, seed: u64) -> Result<Cluster, Error> {
                 extra.extend(["--sync".to_string(), "always".to_string()]);
             }
             eprintln!("local cluster in {}", dir.display());
+            if args.membership {
+                return Ok(Cluster::Local(Local::with_spares(&bin, &dir, 4, 1, &extra)?));
+            }
             Ok(Cluster::Local(Local::new(&bin, &dir, 4, &extra)?))
         }
+        ClusterKind::Docker if args.membership => Err(Error::Setup(
+            "--membership runs on --cluster local (the compose file has four fixed nodes)".into(),
+        )),
         ClusterKind::Docker => {
             let secret = format!("fault harness secret {seed:016x}");
             Ok(Cluster::Docker(Docker::new(&args.compose_file, &args.project, &secret)))
@@ -330,6 +343,7 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
                 ops: &[],
                 passed,
                 wall_secs: wall.elapsed().as_secs(),
+                membership: None,
             },
         )?;
         if !passed {
@@ -406,6 +420,16 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
             deadline,
         ));
     }
+    // The membership driver runs past the workload (a change may complete after the faults).
+    let driver = args.membership.then(|| {
+        let limit = deadline + Duration::from_secs(args.settle_secs);
+        tokio::spawn(cairn_faults::membership::drive(
+            client.clone(),
+            nodes.to_vec(),
+            started,
+            limit,
+        ))
+    });
     let mut ops: Vec<Op> = Vec::new();
     let mut stats: Vec<ClientStats> = Vec::new();
     while let Some(r) = tasks.join_next().await {
@@ -434,6 +458,16 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
     let ids = cluster.ids();
     let nodes = cluster.http().to_vec();
     let mut converged = wait_up(&client, &cluster).await;
+    let membership = match driver {
+        Some(d) => Some(d.await.unwrap_or_default()),
+        None => None,
+    };
+    if let Some(m) = &membership
+        && !m.completed
+    {
+        eprintln!("the membership changes did not complete");
+        converged = false;
+    }
     if !converged {
         eprintln!("after healing, not every node sees every other up within {UP_LIMIT:?}");
     }
@@ -538,6 +572,15 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         "  converged       {} (hints drained: {hints_drained}; replicas disagree on {disagreeing} keys)",
         if converged { "yes" } else { "NO" }
     );
+    if let Some(m) = &membership {
+        println!(
+            "  membership      {}",
+            if m.completed { "both changes complete" } else { "NOT complete" }
+        );
+        for e in &m.events {
+            println!("    {e}");
+        }
+    }
     for f in verdict.findings.iter().take(15) {
         println!("    {} @{} {}: {}", f.key, f.node, f.elem, f.what);
     }
@@ -588,6 +631,7 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
             ops: &ops,
             passed,
             wall_secs: wall.elapsed().as_secs(),
+            membership: membership.as_ref(),
         },
     )?;
     if !passed {
