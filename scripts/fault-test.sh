@@ -2,8 +2,8 @@
 # Short fault-injection runs (a few minutes in all): on local processes a faults run (kill -9,
 # SIGSTOP), the lww control (which must REPORT lost writes), the crash-durability run (20 kill -9
 # under --sync always) and a faults run with membership changes (a node added, another
-# decommissioned); then, where Docker and docker-compose are present, a faults
-# run on the compose cluster (kill, pause, network partitions). Exits non-zero on the first
+# decommissioned); then, where Docker and docker-compose are present, a faults run on the
+# compose cluster (kill, pause, network partitions), and one with the same membership changes. Exits non-zero on the first
 # failing run. Run records (seed, schedule, settings, results) go to target/faults/.
 #
 #   scripts/fault-test.sh            # 45 s of faults per run
@@ -34,6 +34,8 @@ elif docker info >/dev/null 2>&1 && { command -v docker-compose >/dev/null || do
         scripts/docker-image.sh
     fi
     "$harness" --cluster docker --duration "$secs" --seed "$seed"
+    # n5 of deploy/docker-compose.spare.yml added, n4 decommissioned, under kill/pause/partition.
+    "$harness" --cluster docker --duration "$secs" --seed "$seed" --membership
 else
     echo "fault-test: no Docker engine or docker-compose here, Docker mode skipped"
 fi

@@ -453,6 +453,26 @@ impl LocalStore for Store {
         Ok(page)
     }
 
+    fn drop_partitions(
+        &self,
+        partitions_total: u32,
+        partitions: &[u32],
+        after: Option<&[u8]>,
+    ) -> Result<(u64, Option<Vec<u8>>)> {
+        let keys = self.engine.keys_with_prefix(Keyspace::Object, b"", after, SCAN_MAX_KEYS);
+        let next = if keys.len() < SCAN_MAX_KEYS { None } else { keys.last().cloned() };
+        let mut dropped = 0;
+        for k in keys {
+            if let Some(key) = ObjectKey::decode(&k)
+                && in_partitions(key.hash(), partitions_total, partitions)
+                && self.engine.delete(Keyspace::Object, &k).map_err(storage)?
+            {
+                dropped += 1;
+            }
+        }
+        Ok((dropped, next))
+    }
+
     /// One durability wait for the whole batch (a group commit), not one per key.
     fn apply_batch(&self, entries: &[(ObjectKey, SiblingSet)]) -> Result<()> {
         let mut last = 0;

@@ -29,8 +29,11 @@
 //! - **Hints for a removed member** are re-addressed: stored again as hints for each current
 //!   owner of the key (applied locally when this node is one), then removed.
 //!
-//! Not yet: copies a node no longer owns are kept (they are harmless to correctness: a merge
-//! with them only adds what they hold) until a later cleanup pass drops them.
+//! - **Cleanup.** [`CLEANUP_DELAY_MS`] after a node adopted a stable layout that followed a
+//!   change, it deletes its replicas of the partitions it does not own in it (every new owner
+//!   pulled them before the change could complete, and every voter has left the versions that
+//!   read the old owners; the delay covers gateways still catching up). Hints are never dropped.
+//!   Done once per stable version (stored), in pages.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -53,6 +56,8 @@ use crate::vclock::VersionVector;
 pub const SYNC_PAGE_ENTRIES: usize = 500;
 /// About the most bytes per sync page.
 pub const SYNC_PAGE_BYTES: u64 = 4 << 20;
+/// How long a node follows a new stable layout before it drops what it no longer owns, ms.
+pub const CLEANUP_DELAY_MS: u64 = 30_000;
 /// Proposal attempts before an operator's change is answered with an error.
 const MAX_PROPOSAL_ATTEMPTS: u32 = 6;
 
@@ -69,6 +74,9 @@ pub struct ClusterState {
     pub synced: u64,
     /// Sync cursors of the change in progress.
     pub sync: Option<SavedSync>,
+    /// The stable layout version whose unowned partitions this node has dropped.
+    #[serde(default)]
+    pub cleaned: u64,
 }
 
 /// Stored progress of a partition sync.
@@ -184,6 +192,12 @@ pub(super) struct ClusterCore {
     pub(super) peers: BTreeMap<NodeId, NodeStatus>,
     max_round: u64,
     layout_pull: bool,
+    /// When the current layout was adopted (the cleanup waits [`CLEANUP_DELAY_MS`]).
+    adopted_at: u64,
+    /// A cleanup page is running.
+    cleaning: bool,
+    /// Keys dropped by cleanups since start.
+    pub(super) dropped: u64,
     /// Hints being re-addressed: open store operations and whether one failed.
     readdressing: BTreeMap<(NodeId, HintKey), (usize, bool, VersionVector)>,
 }
@@ -274,6 +288,7 @@ impl NodeCore {
         self.cluster.state.acceptor.align(placement.version());
         self.cluster.state.layout = Some(placement.layout().clone());
         self.cluster.placement = Some(placement);
+        self.cluster.adopted_at = self.now;
         self.reconcile_sync();
         Ok(())
     }
@@ -620,6 +635,60 @@ impl NodeCore {
         self.claim();
         self.readdress_hints();
         self.pump_sync();
+        self.cleanup_step(None);
+    }
+
+    // ---- cleanup ----
+
+    /// Starts (`cursor` None) or continues the cleanup of the current stable layout when due.
+    fn cleanup_step(&mut self, cursor: Option<Vec<u8>>) {
+        let Some(p) = &self.cluster.placement else { return };
+        let l = p.layout();
+        let due = l.transition.is_none()
+            && l.version > 1
+            && l.version > self.cluster.state.cleaned
+            && self.now >= self.cluster.adopted_at + CLEANUP_DELAY_MS;
+        if !due || (cursor.is_none() && self.cluster.cleaning) {
+            return;
+        }
+        let q = p.ring().partitions();
+        let me = &self.config.id;
+        let partitions: Vec<u32> = (0..q).filter(|x| !p.owns(me, *x)).collect();
+        let version = l.version;
+        if partitions.is_empty() {
+            self.cluster.state.cleaned = version;
+            self.save_cluster(AfterSave::Nothing);
+            return;
+        }
+        self.cluster.cleaning = true;
+        let op = StoreOp::DropPartitions { partitions_total: q, partitions, after: cursor };
+        self.store(op, StoreCont::Cleaned { version });
+    }
+
+    pub(super) fn cleaned(&mut self, version: u64, result: Result<StoreResult>) {
+        self.cluster.cleaning = false;
+        match result {
+            Ok(StoreResult::Dropped(n, next)) => {
+                self.cluster.dropped += n;
+                if self.layout().is_some_and(|l| l.version != version) {
+                    return; // a newer layout: its own cleanup will run
+                }
+                match next {
+                    Some(c) => self.cleanup_step(Some(c)),
+                    None => {
+                        tracing::info!(
+                            version,
+                            dropped = self.cluster.dropped,
+                            "dropped the replicas of partitions this node no longer owns"
+                        );
+                        self.cluster.state.cleaned = version;
+                        self.save_cluster(AfterSave::Nothing);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "dropping unowned partitions failed; retrying"),
+        }
     }
 
     /// Asks peers for their status: every voter while a change is in progress (`one` false),

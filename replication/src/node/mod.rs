@@ -622,6 +622,9 @@ enum StoreCont {
         key: HintKey,
         target: Option<NodeId>,
     },
+    Cleaned {
+        version: u64,
+    },
 }
 
 /// Who gets the outcome of a write.
@@ -982,6 +985,7 @@ impl NodeCore {
             StoreCont::Readdress { owner, key, target } => {
                 self.readdress_stored(owner, key, target, result)
             }
+            StoreCont::Cleaned { version } => self.cleaned(version, result),
         }
     }
 

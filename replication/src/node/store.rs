@@ -237,6 +237,17 @@ pub trait LocalStore {
         max_bytes: u64,
     ) -> Result<ScanPage>;
 
+    /// Deletes the replicas (not hints) of keys in `partitions` (sorted, out of
+    /// `partitions_total`) in engine-key order after `after`, looking at most at
+    /// [`SCAN_MAX_KEYS`] keys; returns how many it deleted and the cursor of the next call
+    /// (`None` when the keyspace is exhausted).
+    fn drop_partitions(
+        &self,
+        partitions_total: u32,
+        partitions: &[u32],
+        after: Option<&[u8]>,
+    ) -> Result<(u64, Option<Vec<u8>>)>;
+
     /// Merges every set into its key's replica; durable when it returns.
     fn apply_batch(&self, entries: &[(ObjectKey, SiblingSet)]) -> Result<()> {
         for (key, set) in entries {
@@ -397,6 +408,15 @@ pub enum StoreOp {
         /// About the most bytes.
         max_bytes: u64,
     },
+    /// [`LocalStore::drop_partitions`].
+    DropPartitions {
+        /// Q.
+        partitions_total: u32,
+        /// The partitions, sorted.
+        partitions: Vec<u32>,
+        /// Cursor (an engine key).
+        after: Option<Vec<u8>>,
+    },
     /// [`LocalStore::apply_batch`].
     ApplyBatch {
         /// Keys and the sets to merge.
@@ -453,6 +473,8 @@ pub enum StoreResult {
     Done,
     /// Of `Scan`.
     Page(ScanPage),
+    /// Of `DropPartitions`: keys deleted, and the next cursor.
+    Dropped(u64, Option<Vec<u8>>),
 }
 
 /// Runs `op` on `store`.
@@ -506,6 +528,11 @@ pub fn execute<S: LocalStore + ?Sized>(store: &S, op: StoreOp) -> Result<StoreRe
                 max_entries,
                 max_bytes,
             )?)
+        }
+        StoreOp::DropPartitions { partitions_total, partitions, after } => {
+            let (n, next) =
+                store.drop_partitions(partitions_total, &partitions, after.as_deref())?;
+            StoreResult::Dropped(n, next)
         }
         StoreOp::ApplyBatch { entries } => {
             store.apply_batch(&entries)?;

@@ -86,6 +86,8 @@ pub struct Local {
 /// A Docker Compose project.
 pub struct Docker {
     compose_file: PathBuf,
+    /// More compose files layered on top (the spare node of `--membership`).
+    overlays: Vec<PathBuf>,
     project: String,
     containers: Vec<String>,
     http: Vec<String>,
@@ -285,8 +287,20 @@ impl Docker {
     /// Describes the compose project (does not start it). `http` are the published addresses
     /// of n1..nN on 127.0.0.1, `ips` their fixed addresses on the compose network `network`.
     pub fn new(compose_file: &Path, project: &str, secret: &str) -> Docker {
-        let n = 4;
+        Docker::with_overlays(compose_file, &[], 4, project, secret)
+    }
+
+    /// `n` nodes from `compose_file` plus `overlays` (each adds services n5.. with HTTP on
+    /// 127.0.0.1:8085.. and address 10.77.0.15..).
+    pub fn with_overlays(
+        compose_file: &Path,
+        overlays: &[PathBuf],
+        n: usize,
+        project: &str,
+        secret: &str,
+    ) -> Docker {
         Docker {
+            overlays: overlays.to_vec(),
             compose_file: compose_file.to_path_buf(),
             project: project.to_string(),
             containers: Vec::new(),
@@ -314,6 +328,9 @@ impl Docker {
             c
         };
         c.arg("-p").arg(&self.project).arg("-f").arg(&self.compose_file);
+        for o in &self.overlays {
+            c.arg("-f").arg(o);
+        }
         c.env("CAIRN_CLUSTER_SECRET", &self.secret);
         c
     }

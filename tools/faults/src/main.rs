@@ -122,9 +122,10 @@ struct Args {
     /// Leave the cluster running at the end (for inspection).
     #[arg(long)]
     keep: bool,
-    /// Membership changes during the run (local clusters): a 5th node started without
-    /// --members is added a few seconds in, then n4 is decommissioned, while faults run on
-    /// every node; the run fails unless both changes complete.
+    /// Membership changes during the run: a 5th node started without --members (local; in
+    /// Docker the service n5 of docker-compose.spare.yml next to the compose file) is added a few
+    /// seconds in, then n4 is decommissioned, while faults run on every node; the run fails
+    /// unless both changes complete.
     #[arg(long)]
     membership: bool,
 }
@@ -220,9 +221,20 @@ fn build_cluster(args: &Args, seed: u64) -> Result<Cluster, Error> {
             }
             Ok(Cluster::Local(Local::new(&bin, &dir, 4, &extra)?))
         }
-        ClusterKind::Docker if args.membership => Err(Error::Setup(
-            "--membership runs on --cluster local (the compose file has four fixed nodes)".into(),
-        )),
+        ClusterKind::Docker if args.membership => {
+            let secret = format!("fault harness secret {seed:016x}");
+            let spare = args.compose_file.with_file_name("docker-compose.spare.yml");
+            if !spare.exists() {
+                return Err(Error::Setup(format!("{} is missing", spare.display())));
+            }
+            Ok(Cluster::Docker(Docker::with_overlays(
+                &args.compose_file,
+                &[spare],
+                5,
+                &args.project,
+                &secret,
+            )))
+        }
         ClusterKind::Docker => {
             let secret = format!("fault harness secret {seed:016x}");
             Ok(Cluster::Docker(Docker::new(&args.compose_file, &args.project, &secret)))

@@ -68,11 +68,15 @@ impl World {
                 }
                 let k = self.object(key);
                 let part = p.partition_of(k.hash());
+                // Nodes that gained the partition and still own it at the end (a later change may
+                // have moved it on, and the cleanup dropped their copy).
+                let last = self.final_placement();
                 let gainers: Vec<&cairn_replication::NodeId> = p
                     .ring()
                     .preference_list(part)
                     .iter()
                     .filter(|n| !old.preference_list(part).contains(n))
+                    .filter(|n| last.as_ref().is_none_or(|f| f.owns(n, part)))
                     .collect();
                 for g in gainers {
                     let Some(i) = self.members.iter().position(|m| m == g) else { continue };
@@ -102,6 +106,33 @@ impl World {
                             ));
                         }
                     }
+                }
+            }
+        }
+        out
+    }
+
+    /// The newest layout any node follows, with its rings.
+    pub fn final_placement(&self) -> Option<cairn_replication::layout::Placement> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref().and_then(|c| c.placement()))
+            .max_by_key(|p| p.version())
+            .cloned()
+    }
+
+    /// Replicas held by running nodes that do not own their key in the final layout (what the
+    /// cleanup must have dropped).
+    pub fn unowned_replicas(&self) -> Vec<String> {
+        let Some(p) = self.final_placement() else { return Vec::new() };
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if self.gone.contains(&i) || n.core.is_none() {
+                continue;
+            }
+            for k in n.store.objects().keys() {
+                if !p.owns(&self.members[i], p.partition_of(k.hash())) {
+                    out.push(format!("{} holds {}", self.members[i], k.name));
                 }
             }
         }

@@ -244,6 +244,25 @@ fn run_seed(p: &Params) -> Result<Report> {
     }
     let views = w.read_all(&keys);
 
+    // With membership changes: the cleanup drops what each node no longer owns, and nothing
+    // acknowledged goes with it.
+    let views = if p.membership {
+        let bound = w.now + cairn_replication::node::cluster::CLEANUP_DELAY_MS + 5_000;
+        w.run_until(bound, |_| false);
+        w.run_until(w.now + ROUND_BOUND_MS, World::quiescent);
+        let left = w.unowned_replicas();
+        if !left.is_empty() {
+            failures.push(format!(
+                "{} replicas left on nodes that no longer own them after the cleanup: {}",
+                left.len(),
+                left.iter().take(QUOTED).cloned().collect::<Vec<_>>().join("; ")
+            ));
+        }
+        w.read_all(&keys)
+    } else {
+        views
+    };
+
     // 6. Checks.
     let verdict = history::check(&w.history, &views);
     let duplicates = duplicate_views(&views);

@@ -81,6 +81,8 @@ struct Data {
 #[derive(Debug, Clone)]
 enum Record {
     Object(ObjectKey, SiblingSet),
+    /// The replica was deleted (a partition this node no longer owns).
+    DropObject(ObjectKey),
     /// `None`: the hint was removed (the engine's tombstone record).
     Hint(NodeId, HintKey, Option<HintSet>),
     Bucket(String, SiblingSet<BucketEntry>),
@@ -91,6 +93,9 @@ impl Data {
         match record {
             Record::Object(k, s) => {
                 self.objects.insert(k, s);
+            }
+            Record::DropObject(k) => {
+                self.objects.remove(&k);
             }
             Record::Hint(o, k, Some(s)) => {
                 self.hints.insert((o, k), s);
@@ -517,6 +522,28 @@ impl LocalStore for MemStore {
             }
         }
         Ok(page)
+    }
+
+    fn drop_partitions(
+        &self,
+        partitions_total: u32,
+        partitions: &[u32],
+        after: Option<&[u8]>,
+    ) -> Result<(u64, Option<Vec<u8>>)> {
+        // One call does the whole keyspace (the simulated stores are small).
+        let _ = after;
+        let mut log = self.log.borrow_mut();
+        let doomed: Vec<ObjectKey> = log
+            .current
+            .objects
+            .keys()
+            .filter(|k| in_partitions(k.hash(), partitions_total, partitions))
+            .cloned()
+            .collect();
+        for k in &doomed {
+            log.append(Record::DropObject(k.clone()));
+        }
+        Ok((doomed.len() as u64, None))
     }
 
     #[cfg(feature = "mutants")]
