@@ -66,6 +66,16 @@ async fn holders(c: &Cluster, nodes: &[usize], key: &str) -> Vec<usize> {
     out
 }
 
+/// Runs the `cairn` binary with `args` (the operator's CLI).
+async fn cli(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args(&args).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 async fn put(c: &Cluster, node: usize, key: &str, body: &str) -> u16 {
     c.client
         .put(c.url(node, &format!("/buckets/bkt/{key}")))
@@ -120,9 +130,23 @@ async fn add_decommission_and_force_remove_move_every_key_to_its_new_owners() {
     // n5 owns about 3/5 of the partitions: it must hold about that share of the keys.
     assert!(on_n5 * 5 >= acked.len() * 2, "n5 holds only {on_n5} of {} keys", acked.len());
 
-    // Decommission n2: afterwards the remaining four hold every key three times.
-    let v3 = change(&c, 3, reqwest::Method::DELETE, "/cluster/members/n2").await;
-    wait_complete(&c, &[0, 1, 2, 3, 4], v3).await;
+    // Decommission n2 with the CLI, as an operator would: afterwards the remaining four hold
+    // every key three times.
+    let out =
+        cli(&["cluster", "remove", "n2", "--url", &c.url(3, ""), "--wait", "--timeout", "90s"])
+            .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("decommission n2: committed") && said.contains("complete"), "{said}");
+    let out = cli(&["cluster", "status", "--url", &c.url(0, "")]).await;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("members n1, n3, n4, n5") && said.contains("no change in progress"),
+        "{said}"
+    );
+    let out = cli(&["cluster", "remove", "n9", "--url", &c.url(0, "")]).await;
+    assert!(!out.status.success(), "removing a stranger fails");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidChange"));
     let v = cluster_view(&c, 0).await;
     let members: Vec<&str> =
         v["layout"]["members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
@@ -149,4 +173,13 @@ async fn add_decommission_and_force_remove_move_every_key_to_its_new_owners() {
     let v = cluster_view(&c, 4).await;
     assert_eq!(v["handoff"]["partitions_pending"], 0, "{v}");
     assert!(c.log(0).contains("layout adopted"), "the log tells about layout changes");
+
+    // A restart with the founding --members keeps the stored layout, and says so.
+    let _ = c.stop(0);
+    c.restart(0).await;
+    let v = cluster_view(&c, 0).await;
+    assert_eq!(v["layout"]["version"], v4 + 2, "{v}");
+    assert!(c.log(0).contains("--members differs from the layout stored"), "{}", c.log(0));
+    let (s, body, _) = c.read(0, &format!("/buckets/bkt/{}", acked[0])).await;
+    assert_eq!((s, body), (200, format!("v-{}", acked[0]).into_bytes()));
 }

@@ -170,10 +170,18 @@ fn change(method: &str, id: &str, force: bool, target: &Target, wait: bool) -> R
                     );
                     return Ok(ExitCode::SUCCESS);
                 }
-                let h = &view["handoff"];
-                let done = h["partitions_done"].as_u64().unwrap_or(0);
-                let total = done + h["partitions_pending"].as_u64().unwrap_or(0);
-                bar.update_count(done, total.max(1), h["bytes_moved"].as_u64().unwrap_or(0));
+                // This change's progress only (a node's last finished sync may be an older one).
+                let (mut done, mut total, mut bytes) = (0, 0, 0);
+                for n in view["handoff"]["per_node"].as_array().into_iter().flatten() {
+                    let s = &n["sync"];
+                    if s["started"].as_u64() == Some(version) {
+                        let d = s["partitions_done"].as_u64().unwrap_or(0);
+                        done += d;
+                        total += d + s["partitions_pending"].as_u64().unwrap_or(0);
+                        bytes += s["bytes_moved"].as_u64().unwrap_or(0);
+                    }
+                }
+                bar.update_count(done, total.max(1), bytes);
             }
             Err(e) => eprintln!("cairn cluster: {e:#}; retrying"),
         }
@@ -214,9 +222,9 @@ fn print_status(v: &Value) {
             m["id"].as_str().unwrap_or("?"),
             m["role"].as_str().unwrap_or("?"),
             m["status"].as_str().unwrap_or("?"),
-            m["partitions_primary"],
-            m["partitions_replica"],
-            m["hints_pending_here"],
+            m["partitions_primary"].as_u64().unwrap_or(0),
+            m["partitions_replica"].as_u64().unwrap_or(0),
+            m["hints_pending_here"].as_u64().unwrap_or(0),
         );
     }
     let h = &v["handoff"];
