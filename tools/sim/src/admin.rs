@@ -40,6 +40,8 @@ pub struct Admin {
     pub last_error: Option<String>,
     /// Each committed change: when it was committed, and its layout (old and new rings).
     pub committed: Vec<(u64, cairn_replication::layout::Layout)>,
+    /// A second operator sends a competing change once (see `admin_step`).
+    pub duel: bool,
 }
 
 impl Admin {
@@ -151,6 +153,7 @@ impl World {
         } else {
             self.admin.plan.push_back(Change::ForceRemove(victim_id));
         }
+        self.admin.duel = self.faults.chance(500);
         let at = self.now + self.faults.range(500, 4_000);
         self.push(at, Ev::Admin);
     }
@@ -264,6 +267,21 @@ impl World {
             return self.push(self.now + STEP_MS, Ev::Admin);
         }
         let to = candidates[self.faults.index(candidates.len())];
+        // A second operator, once: the next planned decommission sent to another node at the
+        // same moment, so two proposers duel for one layout version (Paxos picks one; the other
+        // is refused or learns the chosen value). Its answer is not waited for: the layouts
+        // tell the nemesis which change went first.
+        if self.admin.duel
+            && let Some(Change::Decommission(n)) = self.admin.plan.get(1).cloned()
+        {
+            self.admin.duel = false;
+            let other = candidates[self.faults.index(candidates.len())];
+            let op = ClientOp::ChangeMembers { change: Change::Decommission(n) };
+            self.client_send(Who::Probe, other, op);
+            self.admin
+                .log
+                .push(format!("a second operator's decommission sent at {} ms", self.now));
+        }
         let cid = self.client_send(Who::Probe, to, ClientOp::ChangeMembers { change });
         self.probes.insert(cid, None);
         self.admin.in_flight = Some((cid, to, self.now));
