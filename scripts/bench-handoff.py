@@ -29,38 +29,8 @@ import bench as b  # noqa: E402  (scripts/bench.py: processes, generator, machin
 
 def start(cairn, workdir, sync, rate, http_base, p2p_base):
     """Four founders (n1-n4, --members) and a spare n5 (no --members: a gateway until added)."""
-    import shutil
-
-    shutil.rmtree(workdir, ignore_errors=True)
-    os.makedirs(workdir)
-    secret = os.path.join(workdir, "cluster.secret")
-    with open(secret, "w") as f:
-        f.write(os.urandom(32).hex())
-    os.chmod(secret, 0o600)
-    ids = [f"n{i + 1}" for i in range(5)]
-    p2p = [f"/ip4/127.0.0.1/tcp/{p2p_base + i}" for i in range(5)]
-    http = [f"127.0.0.1:{http_base + i}" for i in range(5)]
-    procs = []
-    for i, node in enumerate(ids):
-        data = os.path.join(workdir, node)
-        boot = ",".join(a for j, a in enumerate(p2p) if j != i)
-        cmd = [cairn, "node", "--id", node, "--data-dir", data, "--http", http[i],
-               "--p2p", p2p[i], "--secret-file", secret, "--sync", sync,
-               "--handoff-rate", str(rate), "--bootstrap", boot]
-        if i < 4:
-            cmd += ["--members", ",".join(ids[:4])]
-        procs.append(b.Proc(node, cmd, os.path.join(workdir, f"{node}.log")))
-    urls = [f"http://{h}" for h in http]
-
-    def ready():
-        for u in urls:
-            ms = b.http_json(u + "/cluster")["members"]
-            if len(ms) != 5 or any(m["status"] != "up" for m in ms):
-                return False
-        return True
-
-    b.wait_until(ready, "every node sees every other", timeout=90)
-    return b.Setup("4+1 nodes", procs, urls, [os.path.join(workdir, n) for n in ids])
+    return b.start_cluster(cairn, "4+1 nodes", workdir, 4, 3, 2, 2, sync, http_base, p2p_base,
+                           spares=1, extra=["--handoff-rate", str(rate)])
 
 
 def gets(cairn, endpoints, args, seconds):

@@ -153,25 +153,31 @@ def start_target(cairn, workdir, port):
     return Setup("ceiling", [p], [url], [])
 
 
-def start_cluster(cairn, label, workdir, nodes, n, r, w, sync, http_base, p2p_base):
+def start_cluster(cairn, label, workdir, nodes, n, r, w, sync, http_base, p2p_base, spares=0,
+                  extra=()):
+    """`nodes` founding members, then `spares` nodes started without --members (gateways until an
+    operator adds them); `extra` flags go to every node."""
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
     secret = os.path.join(workdir, "cluster.secret")
     with open(secret, "w") as f:
         f.write(os.urandom(32).hex())
     os.chmod(secret, 0o600)
-    ids = [f"n{i + 1}" for i in range(nodes)]
-    p2p = [f"/ip4/127.0.0.1/tcp/{p2p_base + i}" for i in range(nodes)]
-    http = [f"127.0.0.1:{http_base + i}" for i in range(nodes)]
+    total = nodes + spares
+    ids = [f"n{i + 1}" for i in range(total)]
+    p2p = [f"/ip4/127.0.0.1/tcp/{p2p_base + i}" for i in range(total)]
+    http = [f"127.0.0.1:{http_base + i}" for i in range(total)]
     procs, dirs = [], []
     for i, node in enumerate(ids):
         data = os.path.join(workdir, node)
         dirs.append(data)
         boot = ",".join(a for j, a in enumerate(p2p) if j != i)
         cmd = [cairn, "node", "--id", node, "--data-dir", data, "--http", http[i],
-               "--p2p", p2p[i], "--members", ",".join(ids), "--secret-file", secret,
+               "--p2p", p2p[i], "--secret-file", secret,
                "--sync", sync, "--replicas", str(n), "--read-quorum", str(r),
-               "--write-quorum", str(w)]
+               "--write-quorum", str(w), *extra]
+        if i < nodes:
+            cmd += ["--members", ",".join(ids[:nodes])]
         if boot:
             cmd += ["--bootstrap", boot]
         procs.append(Proc(node, cmd, os.path.join(workdir, f"{node}.log")))
@@ -180,7 +186,7 @@ def start_cluster(cairn, label, workdir, nodes, n, r, w, sync, http_base, p2p_ba
     def ready():
         for u in urls:
             ms = http_json(u + "/cluster")["members"]
-            if len(ms) != nodes or any(m["status"] != "up" for m in ms):
+            if len(ms) != total or any(m["status"] != "up" for m in ms):
                 return False
         return True
 

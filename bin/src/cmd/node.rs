@@ -179,6 +179,9 @@ pub struct NodeConfig {
     handoff_rate_bytes: u64,
 }
 
+/// The engine's directory inside the data directory (it also holds the cluster state file).
+const ENGINE_DIR: &str = "engine";
+
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
     flag.or(file)
 }
@@ -295,7 +298,7 @@ impl NodeConfig {
             return Err(bad("--phi-threshold must be a positive number"));
         }
         let mdns = pick(args.mdns, file.mdns).unwrap_or(false);
-        let stored = data_dir.join("engine").join(cairn_node::node::store::CLUSTER_STATE_FILE);
+        let stored = data_dir.join(ENGINE_DIR).join(cairn_node::node::store::CLUSTER_STATE_FILE);
         if members.is_empty() && bootstrap.is_empty() && !mdns && !stored.exists() {
             return Err(bad(
                 "--members is required to found a new cluster (the members' node ids, e.g. \
@@ -361,7 +364,7 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
     let epoch = identity::start_epoch(&cfg.data_dir)?;
     let actor = Actor::new(cfg.id.clone(), epoch);
 
-    let engine_dir = cfg.data_dir.join("engine");
+    let engine_dir = cfg.data_dir.join(ENGINE_DIR);
     let engine = open_engine(&engine_dir, &cfg).await?;
     let stats = engine.stats();
     tracing::info!(

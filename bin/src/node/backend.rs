@@ -366,7 +366,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
         let mut details = Map::new();
         details.insert("storage".into(), json!(if healthy { "ok" } else { "poisoned" }));
         details.insert("members_reachable".into(), json!(reachable));
-        let members = node.placement().map_or(0, |p| p.layout().members.len());
+        let members = node.layout().map_or(0, |l| l.members.len());
         details.insert("members".into(), json!(members));
         Health { healthy, details }
     }
@@ -394,7 +394,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
         let view = node.view();
         out.push_str("# HELP cairn_member_up 1 if the member is up in this node's view.\n# TYPE cairn_member_up gauge\n");
         let layout_members: Vec<cairn_replication::NodeId> =
-            node.placement().map(|p| p.layout().voters().into_iter().collect()).unwrap_or_default();
+            node.layout().map(|l| l.voters().into_iter().collect()).unwrap_or_default();
         for m in &layout_members {
             let up = view.status(m.as_str()) == Some(cairn_membership::MemberStatus::Up)
                 || m == node.id();

@@ -215,6 +215,12 @@ impl<T: Transport> Node<T> {
         self.core.lock().placement().cloned()
     }
 
+    /// The layout this node follows (`None` until it learnt one); cheaper than
+    /// [`Node::placement`] when the rings are not needed.
+    pub fn layout(&self) -> Option<cairn_replication::layout::Layout> {
+        self.core.lock().layout().cloned()
+    }
+
     /// This node's status as its peers see it, and the latest status heard from each peer.
     pub fn statuses(&self) -> (NodeStatus, BTreeMap<NodeId, NodeStatus>) {
         let core = self.core.lock();

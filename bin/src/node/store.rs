@@ -20,7 +20,8 @@ use cairn_replication::node::buckets::BucketEntry;
 use cairn_replication::node::keys::{HintKey, ObjectKey, bucket_prefix};
 use cairn_replication::node::{
     BucketChange, ClusterState, Coordinated, HintSet, ListEntry, LocalStore, LocalWrite, ScanPage,
-    in_partitions, store::SCAN_MAX_KEYS,
+    in_partitions,
+    store::{SCAN_MAX_KEYS, ScanSpec},
 };
 use cairn_replication::{
     Actor, Error, NodeId, Result, SetSummary, Sibling, SiblingSet, VersionVector,
@@ -412,45 +413,14 @@ impl LocalStore for Store {
         Ok(())
     }
 
-    fn scan_partitions(
-        &self,
-        partitions_total: u32,
-        partitions: &[u32],
-        hints: bool,
-        after: Option<&[u8]>,
-        max_entries: usize,
-        max_bytes: u64,
-    ) -> Result<ScanPage> {
-        let ks = if hints { Keyspace::Hint } else { Keyspace::Object };
+    fn scan_partitions(&self, spec: &ScanSpec<'_>, after: Option<&[u8]>) -> Result<ScanPage> {
+        let ks = if spec.hints { Keyspace::Hint } else { Keyspace::Object };
         let keys = self.engine.keys_with_prefix(ks, b"", after, SCAN_MAX_KEYS);
         let exhausted = keys.len() < SCAN_MAX_KEYS;
-        let mut page = ScanPage::default();
-        let mut bytes = 0u64;
-        let mut last = None;
-        for k in keys {
-            let key = if hints {
-                match HintKey::decode(&k) {
-                    Some((_, HintKey::Object(o))) => Some(o),
-                    _ => None,
-                }
-            } else {
-                ObjectKey::decode(&k)
-            };
-            if let Some(key) = key
-                && in_partitions(key.hash(), partitions_total, partitions)
-                && let Some(v) = self.engine.get(ks, &k).map_err(storage)?
-            {
-                bytes += v.len() as u64;
-                page.entries.push((key, decode_set(&v)?));
-            }
-            last = Some(k);
-            if page.entries.len() >= max_entries || bytes >= max_bytes {
-                page.next = last;
-                return Ok(page);
-            }
-        }
-        page.next = if exhausted { None } else { last };
-        Ok(page)
+        spec.page(keys, exhausted, |k| match self.engine.get(ks, k).map_err(storage)? {
+            Some(v) => Ok(Some((decode_set(&v)?, v.len() as u64))),
+            None => Ok(None),
+        })
     }
 
     fn drop_partitions(

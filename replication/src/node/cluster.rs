@@ -286,7 +286,6 @@ impl NodeCore {
         }
         self.members = Arc::new(owners);
         self.cluster.state.acceptor.align(placement.version());
-        self.cluster.state.layout = Some(placement.layout().clone());
         self.cluster.placement = Some(placement);
         self.cluster.adopted_at = self.now;
         self.reconcile_sync();
@@ -326,6 +325,8 @@ impl NodeCore {
     }
 
     pub(super) fn save_cluster(&mut self, then: AfterSave) {
+        // The stored layout is the one followed (`state.layout` is only read at start).
+        self.cluster.state.layout = self.layout().cloned();
         self.cluster.state.generation += 1;
         let state = Box::new(self.cluster.state.clone());
         let version = state.layout.as_ref().map_or(0, |l| l.version);

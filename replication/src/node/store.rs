@@ -227,15 +227,7 @@ pub trait LocalStore {
     /// `max_entries`, stopping after about `max_bytes` of sets, and after looking at
     /// [`SCAN_MAX_KEYS`] keys. Returns them and the cursor of the next page (`None` when the
     /// keyspace is exhausted).
-    fn scan_partitions(
-        &self,
-        partitions_total: u32,
-        partitions: &[u32],
-        hints: bool,
-        after: Option<&[u8]>,
-        max_entries: usize,
-        max_bytes: u64,
-    ) -> Result<ScanPage>;
+    fn scan_partitions(&self, spec: &ScanSpec<'_>, after: Option<&[u8]>) -> Result<ScanPage>;
 
     /// Deletes the replicas (not hints) of keys in `partitions` (sorted, out of
     /// `partitions_total`) in engine-key order after `after`, looking at most at
@@ -275,6 +267,62 @@ pub struct ScanPage {
     pub entries: Vec<(ObjectKey, SiblingSet)>,
     /// The engine key the next page starts after; `None` when the scan is complete.
     pub next: Option<Vec<u8>>,
+}
+
+/// What one [`LocalStore::scan_partitions`] call looks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanSpec<'a> {
+    /// Q.
+    pub partitions_total: u32,
+    /// The partitions, sorted.
+    pub partitions: &'a [u32],
+    /// The object hints (for any owner) instead of the replicas.
+    pub hints: bool,
+    /// Most objects in the page.
+    pub max_entries: usize,
+    /// The page ends once about this many bytes of sets are in it.
+    pub max_bytes: u64,
+}
+
+impl ScanSpec<'_> {
+    /// One page from `keys`, engine keys in order after the cursor, at most [`SCAN_MAX_KEYS`]
+    /// of them (`exhausted`: they run to the keyspace's end). Keeps the ones whose object is in
+    /// the partitions, loading each with `load` (its set and stored size; `None` if it vanished
+    /// meanwhile). Every store's scan is this, over its own key order.
+    pub fn page(
+        &self,
+        keys: impl IntoIterator<Item = Vec<u8>>,
+        exhausted: bool,
+        mut load: impl FnMut(&[u8]) -> Result<Option<(SiblingSet, u64)>>,
+    ) -> Result<ScanPage> {
+        let mut page = ScanPage::default();
+        let mut bytes = 0u64;
+        let mut last = None;
+        for raw in keys {
+            let key = if self.hints {
+                match HintKey::decode(&raw) {
+                    Some((_, HintKey::Object(o))) => Some(o),
+                    _ => None,
+                }
+            } else {
+                ObjectKey::decode(&raw)
+            };
+            if let Some(key) = key
+                && in_partitions(key.hash(), self.partitions_total, self.partitions)
+                && let Some((set, size)) = load(&raw)?
+            {
+                bytes += size;
+                page.entries.push((key, set));
+            }
+            last = Some(raw);
+            if page.entries.len() >= self.max_entries || bytes >= self.max_bytes {
+                page.next = last;
+                return Ok(page);
+            }
+        }
+        page.next = if exhausted { None } else { last };
+        Ok(page)
+    }
 }
 
 /// Whether the key with ring hash `hash` falls in one of `partitions` (sorted) out of
@@ -433,7 +481,9 @@ pub enum StoreOp {
 }
 
 impl StoreOp {
-    /// True for ops that only read: an executor may run them inline (they never wait for a sync).
+    /// True for short ops that only read: an executor may run them inline (they never wait for
+    /// a sync). A partition-sync `Scan` reads too, but up to [`SCAN_MAX_KEYS`] keys and megabytes
+    /// of values: it goes where the writes go (the node's blocking pool), off the request path.
     pub fn is_read(&self) -> bool {
         matches!(
             self,
@@ -441,7 +491,6 @@ impl StoreOp {
                 | StoreOp::ReadHint { .. }
                 | StoreOp::Registry
                 | StoreOp::List { .. }
-                | StoreOp::Scan { .. }
         )
     }
 }
@@ -520,14 +569,14 @@ pub fn execute<S: LocalStore + ?Sized>(store: &S, op: StoreOp) -> Result<StoreRe
             StoreResult::Done
         }
         StoreOp::Scan { partitions_total, partitions, hints, after, max_entries, max_bytes } => {
-            StoreResult::Page(store.scan_partitions(
+            let spec = ScanSpec {
                 partitions_total,
-                &partitions,
+                partitions: &partitions,
                 hints,
-                after.as_deref(),
                 max_entries,
                 max_bytes,
-            )?)
+            };
+            StoreResult::Page(store.scan_partitions(&spec, after.as_deref())?)
         }
         StoreOp::DropPartitions { partitions_total, partitions, after } => {
             let (n, next) =

@@ -31,7 +31,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use cairn_replication::node::buckets::BucketEntry;
-use cairn_replication::node::store::SCAN_MAX_KEYS;
+use cairn_replication::node::store::{SCAN_MAX_KEYS, ScanSpec};
 use cairn_replication::node::{
     BucketChange, ClusterState, Coordinated, HintKey, HintSet, ListEntry, LocalStore, LocalWrite,
     ObjectKey, ReqId, ScanPage, StoreResult, in_partitions,
@@ -479,49 +479,31 @@ impl LocalStore for MemStore {
         Ok(())
     }
 
-    fn scan_partitions(
-        &self,
-        partitions_total: u32,
-        partitions: &[u32],
-        hints: bool,
-        after: Option<&[u8]>,
-        max_entries: usize,
-        max_bytes: u64,
-    ) -> Result<ScanPage> {
+    fn scan_partitions(&self, spec: &ScanSpec<'_>, after: Option<&[u8]>) -> Result<ScanPage> {
         let log = self.log.borrow();
         // The engine's order: by encoded key.
-        let mut all: Vec<(Vec<u8>, ObjectKey, SiblingSet)> = if hints {
+        let all: BTreeMap<Vec<u8>, &SiblingSet> = if spec.hints {
             log.current
                 .hints
                 .iter()
-                .filter_map(|((owner, k), set)| match (k, set) {
-                    (HintKey::Object(o), HintSet::Object(s)) => {
-                        Some((k.encode(owner.as_str()), o.clone(), s.clone()))
-                    }
-                    _ => None,
+                .filter_map(|((owner, k), set)| match set {
+                    HintSet::Object(s) => Some((k.encode(owner.as_str()), s)),
+                    HintSet::Bucket(_) => None,
                 })
                 .collect()
         } else {
-            log.current.objects.iter().map(|(k, s)| (k.encode(), k.clone(), s.clone())).collect()
+            log.current.objects.iter().map(|(k, s)| (k.encode(), s)).collect()
         };
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut page = ScanPage::default();
-        let mut bytes = 0u64;
-        let mut looked = 0;
-        for (raw, key, set) in
-            all.into_iter().filter(|(raw, _, _)| after.is_none_or(|a| raw.as_slice() > a))
-        {
-            looked += 1;
-            if in_partitions(key.hash(), partitions_total, partitions) {
-                bytes += set.to_bytes().map_or(0, |b| b.len() as u64);
-                page.entries.push((key, set));
-            }
-            if page.entries.len() >= max_entries || bytes >= max_bytes || looked >= SCAN_MAX_KEYS {
-                page.next = Some(raw);
-                return Ok(page);
-            }
-        }
-        Ok(page)
+        let keys: Vec<Vec<u8>> = all
+            .keys()
+            .filter(|raw| after.is_none_or(|a| raw.as_slice() > a))
+            .take(SCAN_MAX_KEYS)
+            .cloned()
+            .collect();
+        let exhausted = keys.len() < SCAN_MAX_KEYS;
+        spec.page(keys, exhausted, |raw| {
+            Ok(all.get(raw).map(|s| ((*s).clone(), s.to_bytes().map_or(0, |b| b.len() as u64))))
+        })
     }
 
     fn drop_partitions(
