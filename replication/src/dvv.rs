@@ -191,6 +191,13 @@ impl<V: Clone> SiblingSet<V> {
         &self.vv
     }
 
+    /// A 64-bit digest of the set's clock: its version vector and the dot of every sibling, not
+    /// the content (a dot names one value forever). Equal sets have equal digests on every
+    /// replica; anti-entropy trees are built from it ([`crate::aae`]).
+    pub fn clock_digest(&self) -> u64 {
+        clock_digest(self.vv.iter(), self.siblings.iter().map(|s| &s.dot))
+    }
+
     /// The live siblings, sorted by dot.
     pub fn siblings(&self) -> &[Dotted<V>] {
         &self.siblings
@@ -428,6 +435,40 @@ pub struct SetSummary {
     pub tombstones: usize,
 }
 
+/// The digest behind [`SiblingSet::clock_digest`], from the history's entries (in actor order)
+/// and the siblings' dots (in dot order).
+fn clock_digest<'a>(
+    vv: impl Iterator<Item = (&'a Actor, u64)>,
+    dots: impl Iterator<Item = &'a Dot>,
+) -> u64 {
+    fn actor(h: &mut xxhash_rust::xxh3::Xxh3, a: &Actor, counter: u64) {
+        h.update(a.node().as_str().as_bytes());
+        h.update(&[0]);
+        h.update(&a.epoch().to_le_bytes());
+        h.update(&counter.to_le_bytes());
+    }
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (a, c) in vv {
+        actor(&mut h, a, c);
+    }
+    h.update(&[0xff]);
+    for d in dots {
+        actor(&mut h, &d.actor, d.counter);
+    }
+    h.digest()
+}
+
+/// [`SiblingSet::clock_digest`] of an encoded set, decoding only its clock (the content is
+/// skipped, never copied). Never panics.
+pub fn clock_digest_of_bytes(bytes: &[u8]) -> Result<u64> {
+    if bytes.len() > MAX_ENCODED_SET_LEN {
+        return Err(Error::CorruptSiblingSet(format!("{} bytes is over the limit", bytes.len())));
+    }
+    let raw: summary::RawClock =
+        rmp_serde::from_slice(bytes).map_err(|e| Error::CorruptSiblingSet(e.to_string()))?;
+    Ok(clock_digest(raw.vv.iter(), raw.siblings.iter().map(|s| &s.dot)))
+}
+
 /// Borrowing mirrors of the stored types: the same serde shape, with the content and the
 /// histories skipped (`IgnoredAny` walks over a msgpack `bin` without allocating).
 mod summary {
@@ -454,6 +495,20 @@ mod summary {
     pub(super) struct SiblingView {
         pub(super) meta: Meta,
         pub(super) body: BodyView,
+    }
+
+    /// A stored set's clock: its history and its dots, the values skipped.
+    #[derive(Deserialize)]
+    pub(super) struct RawClock {
+        pub(super) vv: crate::vclock::VersionVector,
+        pub(super) siblings: Vec<DotView>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct DotView {
+        pub(super) dot: crate::vclock::Dot,
+        #[serde(rename = "value")]
+        _value: IgnoredAny,
     }
 
     /// Same variants, same order as [`super::Body`].
@@ -676,6 +731,30 @@ mod tests {
                     "cut {cut} of {}",
                     bytes.len()
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn clock_digests_match_from_bytes_and_tell_sets_apart() {
+        let (a, b) = (actor("a"), actor("b"));
+        let mut r1: SiblingSet<Sibling> = SiblingSet::new();
+        r1.write(&VersionVector::new(), file(7, &[9; 4096]), &a, 8).unwrap();
+        let mut r2 = r1.clone();
+        r2.write(&VersionVector::new(), file(9, b"hello"), &b, 8).unwrap();
+        let mut r3 = r1.clone();
+        r3.write(&r1.join(), Sibling::tombstone(8), &a, 8).unwrap();
+        let m = SiblingSet::sync(&r2, &r3);
+        let sets = [SiblingSet::new(), r1, r2, r3, m];
+        for (i, s) in sets.iter().enumerate() {
+            for bytes in [rmp_serde::to_vec(s).unwrap(), s.to_bytes().unwrap()] {
+                assert_eq!(clock_digest_of_bytes(&bytes).unwrap(), s.clock_digest(), "set {i}");
+                for cut in 0..bytes.len() {
+                    assert!(clock_digest_of_bytes(&bytes[..cut]).is_err());
+                }
+            }
+            for (j, t) in sets.iter().enumerate() {
+                assert_eq!(s.clock_digest() == t.clock_digest(), i == j, "sets {i} and {j}");
             }
         }
     }

@@ -8,6 +8,7 @@
 //! deterministically. The algorithm note with invariants is `docs/replication.md`.
 //!
 //! # Layout
+//! - [`aae`]: per-partition XOR hash trees for active anti-entropy, and their comparison.
 //! - [`id`]: `NodeId` (validated member name) and `Actor` (node id + data-dir epoch).
 //! - [`vclock`]: `Dot` and `VersionVector` (downward-closed, JSON-renderable).
 //! - [`dvv`]: `SiblingSet`, the DVV set stored per key: update, sync, join, lww, add-wins deletes;
@@ -64,6 +65,7 @@
 //! idempotent. Actors are node id + data-directory epoch, so a node that lost its disk never
 //! reuses a dot ([`vclock`], [`dvv`], [`context`]).
 
+pub mod aae;
 pub mod context;
 pub mod dvv;
 pub mod error;

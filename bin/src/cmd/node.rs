@@ -62,10 +62,15 @@ pub struct Args {
     /// when an operator adds it (`cairn cluster add ID`).
     #[arg(long, env = "CAIRN_MEMBERS", value_delimiter = ',')]
     pub members: Vec<String>,
-    /// Pace of partition handoff while members are added or removed, in MB/s (0: unlimited)
-    /// [default: 64].
+    /// Pace of background transfers for the whole node, in MB/s (0: unlimited): partition
+    /// handoff while members are added or removed, and anti-entropy repairs [default: 64].
     #[arg(long, env = "CAIRN_HANDOFF_RATE")]
     pub handoff_rate: Option<f64>,
+    /// Active anti-entropy: every partition this node owns is compared with another owner's
+    /// copy once per this interval, and differing keys are merged both ways, e.g. `60s`, `5m`;
+    /// `0` turns it off [default: 60s].
+    #[arg(long, env = "CAIRN_ANTI_ENTROPY_INTERVAL")]
+    pub anti_entropy_interval: Option<String>,
     /// File holding the cluster secret (64 hex chars, a swarm.key, or a passphrase of 16+ chars).
     #[arg(long, env = "CAIRN_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
@@ -135,6 +140,7 @@ struct FileSettings {
     mdns: Option<bool>,
     shutdown_timeout: Option<String>,
     handoff_rate: Option<f64>,
+    anti_entropy_interval: Option<String>,
 }
 
 /// A setting that is missing or wrong: printed as one line, exit code 2.
@@ -177,6 +183,8 @@ pub struct NodeConfig {
     shutdown_timeout: Duration,
     /// Partition handoff pace, bytes per second (0: unlimited).
     handoff_rate_bytes: u64,
+    /// Anti-entropy interval (zero: off).
+    anti_entropy_interval: Duration,
 }
 
 /// The engine's directory inside the data directory (it also holds the cluster state file).
@@ -315,8 +323,18 @@ impl NodeConfig {
         if !(handoff_rate.is_finite() && handoff_rate >= 0.0) {
             return Err(bad("--handoff-rate must be a number of MB/s, 0 for unlimited"));
         }
+        let anti_entropy_interval =
+            match pick(args.anti_entropy_interval, file.anti_entropy_interval) {
+                Some(raw) if raw.trim() == "0" => Duration::ZERO,
+                Some(raw) => crate::cmd::bench::parse_duration(&raw)
+                    .map_err(|e| bad(format!("--anti-entropy-interval: {e}")))?,
+                None => {
+                    Duration::from_millis(cairn_replication::node::DEFAULT_ANTI_ENTROPY_INTERVAL_MS)
+                }
+            };
         Ok(NodeConfig {
             handoff_rate_bytes: (handoff_rate * 1e6) as u64,
+            anti_entropy_interval,
             id,
             data_dir,
             http,
@@ -401,11 +419,25 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
     );
     config.request_timeout_ms = cfg.request_timeout.as_millis() as u64;
     config.handoff_rate_bytes = cfg.handoff_rate_bytes;
+    config.anti_entropy_interval_ms = cfg.anti_entropy_interval.as_millis() as u64;
+    let engine_for_trees = Arc::clone(&engine);
+    let partitions = cfg.partitions;
+    let store = tokio::task::spawn_blocking(move || Store::new(engine_for_trees, partitions))
+        .await
+        .context("building the anti-entropy trees")??;
+    let t = store.tree_stats();
+    tracing::info!(
+        keys = t.built_keys,
+        partitions = t.partitions,
+        memory_bytes = t.memory_bytes,
+        took_ms = t.build_ms,
+        "anti-entropy trees built"
+    );
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let parts = Parts {
         config,
         actor,
-        store: Store::new(Arc::clone(&engine)),
+        store,
         transport: membership.clone(),
         view: membership.view(),
         events: membership.events(),

@@ -53,6 +53,37 @@ fn bucket_report(o: BucketOutcome) -> BucketReport {
     BucketReport { details }
 }
 
+/// The node's anti-entropy for `/cluster`: settings, counters, the trees, and each owned
+/// partition's last exchange.
+fn anti_entropy_json<T: Transport>(node: &Node<T>) -> Value {
+    let a = node.anti_entropy();
+    let stats = node.stats();
+    let t = node.store.tree_stats();
+    json!({
+        "interval_s": a.interval_ms as f64 / 1000.0,
+        "enabled": a.interval_ms > 0,
+        "partitions_owned": a.partitions_owned,
+        "partitions_exchanged_recently": a.partitions_recent,
+        "oldest_exchange_age_s": a.last_exchange_age_ms.values().max().map(|ms| *ms as f64 / 1000.0),
+        "exchanges": stats.aae_exchanges,
+        "exchanges_in_sync": stats.aae_in_sync,
+        "exchanges_failed": stats.aae_failures,
+        "keys_repaired": stats.aae_keys_repaired,
+        "running": a.running.map(|(p, peer)| json!({"partition": p, "peer": peer})),
+        "tree": {
+            "partitions": t.partitions,
+            "memory_bytes": t.memory_bytes,
+            "build_keys": t.built_keys,
+            "build_ms": t.build_ms,
+        },
+        "last_exchange_age_s": a
+            .last_exchange_age_ms
+            .iter()
+            .map(|(p, ms)| (p.to_string(), *ms as f64 / 1000.0))
+            .collect::<BTreeMap<_, _>>(),
+    })
+}
+
 impl<T: Transport> NodeBackend<T> {
     async fn live_bucket(&self, b: &BucketName) -> Result<BucketInfo, ApiError> {
         Ok(self.node.bucket(b.as_str())?)
@@ -336,6 +367,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
                 "w": node.config().w,
             })),
             "hints_pending": hints.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+            "anti_entropy": anti_entropy_json(node),
         }))
     }
 
@@ -376,7 +408,9 @@ impl<T: Transport> Backend for NodeBackend<T> {
         let mut out = String::new();
         crate::node::metrics::render(&node.stats(), &mut out);
         let s = node.store.engine().stats();
-        let gauges: [(&str, &str, f64); 6] = [
+        let aae = node.anti_entropy();
+        let trees = node.store.tree_stats();
+        let gauges: [(&str, &str, f64); 10] = [
             (
                 "cairn_engine_keys",
                 "Live keys in the engine (all keyspaces).",
@@ -387,6 +421,26 @@ impl<T: Transport> Backend for NodeBackend<T> {
             ("cairn_engine_keydir_bytes", "Estimated keydir memory.", s.keydir_bytes as f64),
             ("cairn_engine_healthy", "1 unless a sync failed.", if s.healthy { 1.0 } else { 0.0 }),
             ("cairn_hints_pending", "Hints held for other nodes.", node.hint_count() as f64),
+            (
+                "cairn_aae_partitions_owned",
+                "Partitions this node owns and exchanges with their other owners.",
+                aae.partitions_owned as f64,
+            ),
+            (
+                "cairn_aae_partitions_recent",
+                "Owned partitions whose last anti-entropy exchange completed within two intervals.",
+                aae.partitions_recent as f64,
+            ),
+            (
+                "cairn_aae_tree_memory_bytes",
+                "Memory of the anti-entropy hash trees.",
+                trees.memory_bytes as f64,
+            ),
+            (
+                "cairn_aae_tree_build_seconds",
+                "How long building the anti-entropy trees took at start.",
+                trees.build_ms as f64 / 1000.0,
+            ),
         ];
         for (name, help, v) in gauges {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));

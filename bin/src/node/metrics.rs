@@ -6,7 +6,7 @@ use cairn_replication::node::Stats;
 
 /// Appends the counters to `out` in the Prometheus text format.
 pub fn render(stats: &Stats, out: &mut String) {
-    let rows: [(&str, &str, u64); 10] = [
+    let rows: [(&str, &str, u64); 14] = [
         ("cairn_writes_ok_total", "Writes coordinated here that reached W.", stats.writes_ok),
         (
             "cairn_write_quorum_failures_total",
@@ -32,6 +32,26 @@ pub fn render(stats: &Stats, out: &mut String) {
             "cairn_registry_entries_synced_total",
             "Bucket registry entries changed here by anti-entropy.",
             stats.registry_synced,
+        ),
+        (
+            "cairn_aae_exchanges_total",
+            "Anti-entropy exchanges completed (every difference found repaired).",
+            stats.aae_exchanges,
+        ),
+        (
+            "cairn_aae_exchanges_in_sync_total",
+            "Anti-entropy exchanges that found both owners' trees equal.",
+            stats.aae_in_sync,
+        ),
+        (
+            "cairn_aae_exchange_failures_total",
+            "Anti-entropy exchanges abandoned (peer down, timeout, layout change).",
+            stats.aae_failures,
+        ),
+        (
+            "cairn_aae_keys_repaired_total",
+            "Keys found differing by anti-entropy and merged both ways.",
+            stats.aae_keys_repaired,
         ),
     ];
     for (name, help, v) in rows {

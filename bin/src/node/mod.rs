@@ -238,6 +238,11 @@ impl<T: Transport> Node<T> {
         }
     }
 
+    /// Anti-entropy: the partitions owned and when each was last exchanged.
+    pub fn anti_entropy(&self) -> cairn_replication::node::AaeStatus {
+        self.core.lock().anti_entropy()
+    }
+
     /// Hints held, per owner.
     pub fn hints_pending(&self) -> BTreeMap<NodeId, usize> {
         self.core.lock().hints_pending()

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cairn_engine::{Engine, Keyspace, Pending, Update, UpdateOutcome};
+use cairn_replication::aae::{self, Trees};
 use cairn_replication::node::buckets::BucketEntry;
 use cairn_replication::node::keys::{HintKey, ObjectKey, bucket_prefix};
 use cairn_replication::node::{
@@ -45,6 +46,23 @@ pub struct Store {
     dir: PathBuf,
     /// The generation of the cluster state last written.
     saved_generation: Arc<parking_lot::Mutex<u64>>,
+    /// Anti-entropy hash trees of the replicas, updated under each key's lock as it changes.
+    trees: Arc<Trees>,
+    /// How the trees were built at open: (replicas, milliseconds).
+    built: (u64, u64),
+}
+
+/// The anti-entropy trees' figures (`/cluster`, `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeStats {
+    /// Partitions with a tree.
+    pub partitions: usize,
+    /// Memory the trees take, bytes.
+    pub memory_bytes: u64,
+    /// Replicas the trees were built from at open.
+    pub built_keys: u64,
+    /// How long the build at open took, ms.
+    pub build_ms: u64,
 }
 
 /// An engine error as the protocol sees it (poisoning and size limits keep their meaning).
@@ -142,10 +160,88 @@ fn get_set<V: DeserializeOwned + Clone>(
 }
 
 impl Store {
-    /// Wraps an open engine.
-    pub fn new(engine: Arc<Engine>) -> Self {
+    /// Wraps an open engine, for a ring of `partitions` partitions, and builds the anti-entropy
+    /// trees from the replicas it holds (decoding only each set's clock, never the content).
+    pub fn new(engine: Arc<Engine>, partitions: u32) -> Result<Self> {
         let dir = engine.dir().to_path_buf();
-        Store { engine, dir, saved_generation: Arc::new(parking_lot::Mutex::new(0)) }
+        let mut store = Store {
+            engine,
+            dir,
+            saved_generation: Arc::new(parking_lot::Mutex::new(0)),
+            trees: Arc::new(Trees::new(partitions)),
+            built: (0, 0),
+        };
+        let started = std::time::Instant::now();
+        let keys = store.build_trees()?;
+        store.built = (keys, started.elapsed().as_millis() as u64);
+        Ok(store)
+    }
+
+    /// Rebuilds the trees from the keydir and the stored sets' clocks.
+    fn build_trees(&self) -> Result<u64> {
+        self.trees.clear();
+        let mut cursor: Option<Vec<u8>> = None;
+        let mut count = 0;
+        loop {
+            let keys = self.engine.keys_with_prefix(Keyspace::Object, b"", cursor.as_deref(), 4096);
+            let full = keys.len() == 4096;
+            for k in &keys {
+                let Some(key) = ObjectKey::decode(k) else { continue };
+                if let Some(v) = self.engine.get(Keyspace::Object, k).map_err(storage)? {
+                    let digest = cairn_replication::dvv::clock_digest_of_bytes(&v)
+                        .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
+                    self.trees.update(&key, aae::Change { old: None, new: Some(digest) });
+                    count += 1;
+                }
+            }
+            match keys.into_iter().last() {
+                Some(last) if full => cursor = Some(last),
+                _ => break,
+            }
+        }
+        Ok(count)
+    }
+
+    /// The atomic read-modify-write of one replica (see [`rewrite_set_deferred`]), keeping the
+    /// anti-entropy trees in step under the key's lock.
+    fn rewrite_object(
+        &self,
+        key: &ObjectKey,
+        f: impl FnOnce(&mut SiblingSet, bool) -> Result<bool>,
+    ) -> Result<(SiblingSet, Pending)> {
+        let trees = &self.trees;
+        rewrite_set_deferred(&self.engine, Keyspace::Object, &key.encode(), |set, existed| {
+            let old = existed.then(|| set.clock_digest());
+            let store = f(set, existed)?;
+            if store {
+                trees.update(key, aae::Change { old, new: Some(set.clock_digest()) });
+            }
+            Ok(store)
+        })
+    }
+
+    /// Merges `incoming` into the replica of `key` (writes nothing when nothing changes),
+    /// without the durability wait.
+    fn merge_object_deferred(
+        &self,
+        key: &ObjectKey,
+        incoming: &SiblingSet,
+    ) -> Result<(SiblingSet, Pending)> {
+        self.rewrite_object(key, |set, existed| {
+            let before = set.clone();
+            set.merge(incoming);
+            Ok(!existed || *set != before)
+        })
+    }
+
+    /// The anti-entropy trees' figures.
+    pub fn tree_stats(&self) -> TreeStats {
+        TreeStats {
+            partitions: self.trees.allocated(),
+            memory_bytes: self.trees.memory_bytes(),
+            built_keys: self.built.0,
+            build_ms: self.built.1,
+        }
     }
 
     /// The cluster state stored in the data directory (`None` for a new directory).
@@ -198,21 +294,16 @@ impl LocalStore for Store {
     ) -> Result<Coordinated> {
         let mut dot = None;
         let max_siblings = write.max_siblings;
-        let (set, mut pending) = rewrite_set_deferred(
-            &self.engine,
-            Keyspace::Object,
-            &key.encode(),
-            |set, _| {
-                dot = Some(write.apply(set)?);
-                if set.len() > max_siblings / 2 {
-                    tracing::warn!(
-                        key = %key.name, siblings = set.len(), limit = max_siblings,
-                        "many concurrent versions: clients should write back with the read's context"
-                    );
-                }
-                Ok(true)
-            },
-        )?;
+        let (set, mut pending) = self.rewrite_object(key, |set, _| {
+            dot = Some(write.apply(set)?);
+            if set.len() > max_siblings / 2 {
+                tracing::warn!(
+                    key = %key.name, siblings = set.len(), limit = max_siblings,
+                    "many concurrent versions: clients should write back with the read's context"
+                );
+            }
+            Ok(true)
+        })?;
         let mut hint_versions = Vec::with_capacity(hint_owners.len());
         for owner in hint_owners {
             let hk = HintKey::Object(key.clone()).encode(owner.as_str());
@@ -229,7 +320,9 @@ impl LocalStore for Store {
     }
 
     fn apply(&self, key: &ObjectKey, set: &SiblingSet) -> Result<VersionVector> {
-        Ok(merge_into(&self.engine, Keyspace::Object, &key.encode(), set)?.join())
+        let (merged, pending) = self.merge_object_deferred(key, set)?;
+        self.engine.wait_durable(pending).map_err(storage)?;
+        Ok(merged.join())
     }
 
     fn store_hint(&self, owner: &NodeId, key: &HintKey, set: &HintSet) -> Result<VersionVector> {
@@ -433,11 +526,25 @@ impl LocalStore for Store {
         let next = if keys.len() < SCAN_MAX_KEYS { None } else { keys.last().cloned() };
         let mut dropped = 0;
         for k in keys {
-            if let Some(key) = ObjectKey::decode(&k)
-                && in_partitions(key.hash(), partitions_total, partitions)
-                && self.engine.delete(Keyspace::Object, &k).map_err(storage)?
-            {
-                dropped += 1;
+            let Some(key) = ObjectKey::decode(&k) else { continue };
+            if !in_partitions(key.hash(), partitions_total, partitions) {
+                continue;
+            }
+            let mut old = None;
+            let outcome = self
+                .engine
+                .update(Keyspace::Object, &k, |v| {
+                    old = v.map(cairn_replication::dvv::clock_digest_of_bytes).transpose()?;
+                    Ok::<_, Error>(Update::Delete)
+                })
+                .map_err(storage)?;
+            match outcome {
+                UpdateOutcome::Deleted => {
+                    self.trees.update(&key, aae::Change { old, new: None });
+                    dropped += 1;
+                }
+                UpdateOutcome::Aborted(e) => return Err(e),
+                _ => {}
             }
         }
         Ok((dropped, next))
@@ -447,11 +554,58 @@ impl LocalStore for Store {
     fn apply_batch(&self, entries: &[(ObjectKey, SiblingSet)]) -> Result<()> {
         let mut last = 0;
         for (key, set) in entries {
-            let (_, p) = merge_into_deferred(&self.engine, Keyspace::Object, &key.encode(), set)?;
+            let (_, p) = self.merge_object_deferred(key, set)?;
             last = last.max(p.lsn());
         }
         self.engine.wait_durable(Pending::from_lsn(last)).map_err(storage)?;
         Ok(())
+    }
+
+    fn tree_hashes(&self, partition: u32, branches: &[u16]) -> Vec<u64> {
+        self.trees.hashes(partition, branches)
+    }
+
+    /// A walk over the keydir (keys only, no values) that reads the sets of the keys in the
+    /// segments, decoding only their clocks.
+    fn segment_keys(&self, partition: u32, segments: &[u16]) -> Result<Vec<(ObjectKey, u64)>> {
+        let q = self.trees.partitions_total();
+        let mut wanted = vec![false; aae::SEGMENTS];
+        for s in segments {
+            if let Some(w) = wanted.get_mut(usize::from(*s)) {
+                *w = true;
+            }
+        }
+        let mut out = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let keys = self.engine.keys_with_prefix(
+                Keyspace::Object,
+                b"",
+                cursor.as_deref(),
+                SCAN_MAX_KEYS,
+            );
+            let full = keys.len() == SCAN_MAX_KEYS;
+            for k in &keys {
+                let Some(key) = ObjectKey::decode(k) else { continue };
+                let h = key.hash();
+                if aae::partition_of(h, q) != partition
+                    || !wanted[usize::from(aae::segment_of(h)) % aae::SEGMENTS]
+                {
+                    continue;
+                }
+                if let Some(v) = self.engine.get(Keyspace::Object, k).map_err(storage)? {
+                    let digest = cairn_replication::dvv::clock_digest_of_bytes(&v)
+                        .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
+                    out.push((key, digest));
+                }
+            }
+            match keys.into_iter().last() {
+                Some(last) if full => cursor = Some(last),
+                _ => break,
+            }
+        }
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     fn all_hints(&self) -> Result<Vec<(NodeId, HintKey, VersionVector)>> {

@@ -138,7 +138,7 @@ impl TestCluster {
             let parts = Parts {
                 config,
                 actor: Actor::new(NodeId::new(*id).unwrap(), 1),
-                store: Store::new(Arc::new(engine)),
+                store: Store::new(Arc::new(engine), 64).unwrap(),
                 transport,
                 view: net.view(id).unwrap(),
                 events: net.events(id).unwrap(),

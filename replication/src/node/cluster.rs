@@ -143,8 +143,6 @@ pub(super) struct SyncRun {
     gate_open: bool,
     keys: u64,
     bytes: u64,
-    /// `--handoff-rate` for the whole node: no page is asked for before this time.
-    paced_until: u64,
 }
 
 impl SyncRun {
@@ -202,7 +200,7 @@ pub(super) struct ClusterCore {
     readdressing: BTreeMap<(NodeId, HintKey), (usize, bool, VersionVector)>,
 }
 
-fn set_bytes(key: &ObjectKey, set: &SiblingSet) -> u64 {
+pub(super) fn set_bytes(key: &ObjectKey, set: &SiblingSet) -> u64 {
     let body: usize = set
         .siblings()
         .iter()
@@ -831,7 +829,7 @@ impl NodeCore {
                 .insert((src, false), Source { partitions, after, done, busy: false, next_at: 0 });
         }
         let (keys, bytes) = saved.as_ref().map_or((0, 0), |s| (s.keys, s.bytes));
-        let run = SyncRun { started, sources, gate_open: false, keys, bytes, paced_until: 0 };
+        let run = SyncRun { started, sources, gate_open: false, keys, bytes };
         tracing::info!(
             started,
             partitions = run.progress().partitions,
@@ -883,11 +881,12 @@ impl NodeCore {
             return;
         };
         let now = self.now;
+        let paced = self.paced_until > now;
         let mut sends = Vec::new();
         {
             let up = &self.up;
             let Some(run) = self.cluster.sync.as_mut() else { return };
-            if !run.gate_open || run.paced_until > now {
+            if !run.gate_open || paced {
                 return;
             }
             // Replicas only once every hint pass is complete (see the module documentation).
@@ -965,7 +964,6 @@ impl NodeCore {
         let StoreCont::SyncApplied { source, hints, started, next, count, bytes } = cont else {
             return;
         };
-        let rate = self.config.handoff_rate_bytes;
         let now = self.now;
         let Some(s) = self.sync_source(&source, hints, started) else { return };
         s.busy = false;
@@ -978,17 +976,11 @@ impl NodeCore {
         s.after = next;
         s.next_at = now;
         // The rate is the node's, over every source: space the next page by this one's size.
-        let mut pace = None;
         if let Some(run) = self.cluster.sync.as_mut() {
             run.keys += count;
             run.bytes += bytes;
-            let wait = bytes.saturating_mul(1000).checked_div(rate).unwrap_or(0);
-            run.paced_until = run.paced_until.max(now) + wait;
-            if run.paced_until > now {
-                pace = Some(run.paced_until);
-            }
         }
-        if let Some(at) = pace {
+        if let Some(at) = self.pace_transfer(bytes) {
             self.timer(at, super::Timer::SyncPump);
         }
         let finished =

@@ -63,6 +63,26 @@ impl NodeCore {
                 let op = StoreOp::List { bucket, incarnation, prefix, start_after, limit };
                 self.store(op, StoreCont::Inbound { id, hint: None });
             }
+            Request::Tree { partitions_total, partition, branches } => {
+                if let Err(e) = self.check_partitions(partitions_total) {
+                    return self.respond_error(id, e);
+                }
+                let op = StoreOp::TreeHashes { partition, branches };
+                self.store(op, StoreCont::Inbound { id, hint: None });
+            }
+            Request::SegmentKeys { partitions_total, partition, segments } => {
+                if let Err(e) = self.check_partitions(partitions_total) {
+                    return self.respond_error(id, e);
+                }
+                let op = StoreOp::SegmentKeys { partition, segments };
+                self.store(op, StoreCont::Inbound { id, hint: None });
+            }
+            Request::Repair { entries, want } => {
+                self.store(
+                    StoreOp::Repair { entries, want },
+                    StoreCont::Inbound { id, hint: None },
+                );
+            }
             r @ (Request::Status { .. }
             | Request::Prepare { .. }
             | Request::Accept { .. }
@@ -101,12 +121,25 @@ impl NodeCore {
             Ok(StoreResult::Page(page)) => {
                 Response::Page { entries: page.entries, next: page.next }
             }
+            Ok(StoreResult::Hashes(hashes)) => Response::Hashes { hashes },
+            Ok(StoreResult::Digests(entries)) => Response::Digests { entries },
             Ok(_) => {
                 return self.respond_error(id, Error::Internal("unexpected store result".into()));
             }
             Err(e) => return self.respond_error(id, e),
         };
         self.respond(id, response);
+    }
+
+    /// Refuses a peer's anti-entropy request made for a ring of another size.
+    fn check_partitions(&self, partitions_total: u32) -> Result<()> {
+        if partitions_total != self.config.partitions {
+            return Err(Error::InvalidRing(format!(
+                "the sender's ring has {partitions_total} partitions, this node's {}",
+                self.config.partitions
+            )));
+        }
+        Ok(())
     }
 
     fn respond_error(&mut self, id: InboundId, e: Error) {

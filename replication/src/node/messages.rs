@@ -21,6 +21,10 @@
 //!   `Vote`; `Commit` pushes a chosen layout ([`crate::paxos`]).
 //! - `SyncPage` asks an old owner for its objects of some partitions after a cursor (partition
 //!   sync while a membership change is in progress); answered by a `Page`.
+//! - `Tree`, `SegmentKeys` and `Repair` are an anti-entropy exchange between two owners of a
+//!   partition ([`crate::aae`], `node::aae`): the receiver's branch or segment hashes (`Hashes`),
+//!   its (key, clock digest) lists of some segments (`Digests`), and a merge of the sender's sets
+//!   answered with the receiver's sets of the keys wanted (`Page`).
 //!
 //! Errors come back as `Response::Error` with a stable code; transport failures (timeout,
 //! unreachable) are the transport's errors.
@@ -122,6 +126,33 @@ pub enum Request {
         max_entries: u32,
         /// Stop after about this many bytes of sets.
         max_bytes: u64,
+    },
+    /// Send back hashes of the receiver's tree of `partition`: the branches when `branches` is
+    /// empty, else the segments of each listed branch.
+    Tree {
+        /// Q of the sender's layout.
+        partitions_total: u32,
+        /// The partition.
+        partition: u32,
+        /// Branches whose segments are wanted (empty: the branch hashes).
+        branches: Vec<u16>,
+    },
+    /// Send back (key, clock digest) of every object the receiver stores in these segments of
+    /// `partition`, sorted by key.
+    SegmentKeys {
+        /// Q of the sender's layout.
+        partitions_total: u32,
+        /// The partition.
+        partition: u32,
+        /// The segments.
+        segments: Vec<u16>,
+    },
+    /// Merge `entries` into the receiver's replicas, then send back its sets of `want`.
+    Repair {
+        /// Keys with the sender's sets.
+        entries: Vec<(ObjectKey, SiblingSet)>,
+        /// Keys whose sets the sender wants.
+        want: Vec<ObjectKey>,
     },
 }
 
@@ -244,6 +275,16 @@ pub enum Response {
         /// Where the next page starts (`None`: the scan is complete).
         #[serde(with = "serde_bytes")]
         next: Option<Vec<u8>>,
+    },
+    /// Tree hashes (`Tree`).
+    Hashes {
+        /// Branch or segment hashes.
+        hashes: Vec<u64>,
+    },
+    /// (key, clock digest) pairs sorted by key (`SegmentKeys`).
+    Digests {
+        /// The pairs.
+        entries: Vec<(ObjectKey, u64)>,
     },
     /// The request failed at the receiver.
     Error {

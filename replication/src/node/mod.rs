@@ -33,6 +33,7 @@
 //! - `registry`: bucket create/delete, registry anti-entropy, listings.
 //! - `inbound`: answering peers' requests.
 //! - `handoff`: hinted handoff delivery.
+//! - `aae`: active anti-entropy exchanges with the other owners of each partition.
 //! - [`cluster`]: the layout the node follows, layout consensus, status polls, partition sync,
 //!   hints for removed members ([`crate::layout`], [`crate::paxos`]).
 //!
@@ -50,6 +51,7 @@
 //!   or timed out).
 //! - A hint is removed only after its owner acknowledged a version covering it.
 
+mod aae;
 pub mod buckets;
 pub mod cluster;
 mod handoff;
@@ -75,6 +77,7 @@ use crate::paxos::Ballot;
 use crate::quorum::ReadReport;
 use crate::vclock::VersionVector;
 
+pub use aae::{AaeStatus, DEFAULT_ANTI_ENTROPY_INTERVAL_MS};
 pub use buckets::{BucketEntry, BucketInfo, ConflictPolicy};
 pub use cluster::{ClusterState, LayoutOutcome, SavedCursor, SavedSync};
 pub use keys::{HintKey, ObjectKey};
@@ -136,8 +139,11 @@ pub struct Config {
     /// One read in this many asks all N replicas at once, so that replicas a quorum-first read
     /// skips are still read-repaired; 1 asks all N on every read (Dynamo's read), 0 never.
     pub full_read_every: u32,
-    /// Pace of partition sync while a membership change runs, bytes per second (0: unlimited).
+    /// Pace of background transfers (partition sync while a membership change runs,
+    /// anti-entropy repairs), bytes per second for the whole node (0: unlimited).
     pub handoff_rate_bytes: u64,
+    /// Every owned partition is compared with another owner once per this many ms (0: off).
+    pub anti_entropy_interval_ms: Millis,
     /// The planted bug this node runs with (simulator only).
     #[cfg(feature = "mutants")]
     pub mutant: Option<Mutant>,
@@ -165,6 +171,7 @@ impl Config {
             read_speculate_ms: DEFAULT_READ_SPECULATE_MS,
             full_read_every: DEFAULT_FULL_READ_EVERY,
             handoff_rate_bytes: DEFAULT_HANDOFF_RATE_BYTES,
+            anti_entropy_interval_ms: aae::DEFAULT_ANTI_ENTROPY_INTERVAL_MS,
             #[cfg(feature = "mutants")]
             mutant: None,
         }
@@ -192,17 +199,22 @@ pub enum Mutant {
     /// A new owner reports its partitions synced without pulling them (caught only with
     /// membership changes: `--membership`).
     SkipPartitionSync,
+    /// An anti-entropy exchange maps differing segment hashes to segment numbers without their
+    /// branch's offset, so it compares and repairs the wrong segments' keys (caught only with
+    /// anti-entropy on: a replaced disk never gets those keys back).
+    AaeSegmentOffset,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 6] = [
+    pub const ALL: [Mutant; 7] = [
         Mutant::ForwardRetryAfterTimeout,
         Mutant::HintDroppedOnRestart,
         Mutant::QuorumBeforeLocalSync,
         Mutant::DotReusedAfterCrash,
         Mutant::StaleReadRepair,
         Mutant::SkipPartitionSync,
+        Mutant::AaeSegmentOffset,
     ];
 
     /// The mutant's name on the command line.
@@ -214,6 +226,7 @@ impl Mutant {
             Mutant::DotReusedAfterCrash => "dot-reused-after-crash",
             Mutant::StaleReadRepair => "stale-read-repair",
             Mutant::SkipPartitionSync => "skip-partition-sync",
+            Mutant::AaeSegmentOffset => "aae-segment-offset",
         }
     }
 
@@ -521,6 +534,14 @@ pub struct Stats {
     pub hint_delivery_failures: u64,
     /// Registry entries that changed here by anti-entropy.
     pub registry_synced: u64,
+    /// Anti-entropy exchanges completed (every difference found repaired).
+    pub aae_exchanges: u64,
+    /// Of those, the ones that found the trees equal.
+    pub aae_in_sync: u64,
+    /// Keys found differing and merged both ways by anti-entropy.
+    pub aae_keys_repaired: u64,
+    /// Anti-entropy exchanges abandoned (a peer or the store failed, the layout changed).
+    pub aae_failures: u64,
 }
 
 /// What a timer does when it fires.
@@ -538,6 +559,10 @@ enum Timer {
     HandoffTick,
     /// Partition sync may ask for its next page (`--handoff-rate`).
     SyncPump,
+    /// Start the next anti-entropy exchange.
+    AntiEntropy,
+    /// An anti-entropy exchange may send its next repair batch (`--handoff-rate`).
+    AaePump,
 }
 
 /// Where the continuation of a sent message goes.
@@ -555,6 +580,7 @@ enum MsgCont {
     Committed,
     Status { node: NodeId, pull: bool },
     SyncPage { source: NodeId, hints: bool, started: u64 },
+    Aae { id: u64 },
 }
 
 /// Where the continuation of a store operation goes.
@@ -625,6 +651,9 @@ enum StoreCont {
     Cleaned {
         version: u64,
     },
+    Aae {
+        id: u64,
+    },
 }
 
 /// Who gets the outcome of a write.
@@ -670,6 +699,10 @@ pub struct NodeCore {
     background_ops: usize,
     read_seq: u64,
     ticks: u64,
+    /// `--handoff-rate`, for the whole node: no background transfer starts before this time.
+    paced_until: Millis,
+    /// Active anti-entropy.
+    aae: aae::AaeCore,
     /// Counters.
     pub stats: Stats,
 }
@@ -719,10 +752,13 @@ impl NodeCore {
             background_ops: 0,
             read_seq: 0,
             ticks: 0,
+            paced_until: 0,
+            aae: aae::AaeCore::default(),
             stats: Stats::default(),
         };
         core.init_cluster(restored)?;
         core.timers.insert((now + HANDOFF_TICK_MS, Timer::HandoffTick));
+        core.arm_anti_entropy();
         Ok(core)
     }
 
@@ -911,6 +947,7 @@ impl NodeCore {
             MsgCont::SyncPage { source, hints, started } => {
                 self.sync_page(source, hints, started, result)
             }
+            MsgCont::Aae { id } => self.aae_reply(id, result),
         }
     }
 
@@ -986,6 +1023,7 @@ impl NodeCore {
                 self.readdress_stored(owner, key, target, result)
             }
             StoreCont::Cleaned { version } => self.cleaned(version, result),
+            StoreCont::Aae { id } => self.aae_stored(id, result),
         }
     }
 
@@ -1005,6 +1043,8 @@ impl NodeCore {
                     self.handoff_tick();
                 }
                 Timer::SyncPump => self.pump_sync(),
+                Timer::AntiEntropy => self.aae_tick(),
+                Timer::AaePump => self.aae_pump(),
             }
         }
     }
@@ -1027,6 +1067,15 @@ impl NodeCore {
         let id = ReqId(self.fresh_id());
         self.stores.insert(id, cont);
         self.out.push(Action::Store { id, op });
+    }
+
+    /// Accounts `bytes` of background transfer (partition sync, anti-entropy repair) against
+    /// `--handoff-rate`, one budget for the whole node; returns the time before which the next
+    /// transfer must wait, if it must.
+    fn pace_transfer(&mut self, bytes: u64) -> Option<Millis> {
+        let wait = bytes.saturating_mul(1000).checked_div(self.config.handoff_rate_bytes);
+        self.paced_until = self.paced_until.max(self.now) + wait.unwrap_or(0);
+        (self.paced_until > self.now).then_some(self.paced_until)
     }
 
     fn timer(&mut self, at: Millis, timer: Timer) {
@@ -1103,6 +1152,8 @@ fn describe(r: &Response) -> String {
         Response::Status(_) => "an unexpected Status".into(),
         Response::Vote(_) => "an unexpected Vote".into(),
         Response::Page { .. } => "an unexpected Page".into(),
+        Response::Hashes { .. } => "an unexpected Hashes".into(),
+        Response::Digests { .. } => "an unexpected Digests".into(),
     }
 }
 

@@ -240,6 +240,14 @@ pub trait LocalStore {
         after: Option<&[u8]>,
     ) -> Result<(u64, Option<Vec<u8>>)>;
 
+    /// [`crate::aae::Trees::hashes`] of the anti-entropy trees of the replicas this store holds
+    /// ([`crate::aae`]), which it keeps in step with every change of a replica.
+    fn tree_hashes(&self, partition: u32, branches: &[u16]) -> Vec<u64>;
+
+    /// (key, clock digest) of every replica in `segments` of `partition` (out of the trees'
+    /// Q), sorted by key.
+    fn segment_keys(&self, partition: u32, segments: &[u16]) -> Result<Vec<(ObjectKey, u64)>>;
+
     /// Merges every set into its key's replica; durable when it returns.
     fn apply_batch(&self, entries: &[(ObjectKey, SiblingSet)]) -> Result<()> {
         for (key, set) in entries {
@@ -470,6 +478,28 @@ pub enum StoreOp {
         /// Keys and the sets to merge.
         entries: Vec<(ObjectKey, SiblingSet)>,
     },
+    /// [`crate::aae::Trees::hashes`] of the store's trees.
+    TreeHashes {
+        /// The partition.
+        partition: u32,
+        /// Branches whose segments are wanted (empty: the branch hashes).
+        branches: Vec<u16>,
+    },
+    /// [`LocalStore::segment_keys`].
+    SegmentKeys {
+        /// The partition.
+        partition: u32,
+        /// The segments.
+        segments: Vec<u16>,
+    },
+    /// An anti-entropy repair: merges `entries` (durable), then reads the replicas of `want`
+    /// (without hints).
+    Repair {
+        /// Keys and the sets to merge.
+        entries: Vec<(ObjectKey, SiblingSet)>,
+        /// Keys to read afterwards.
+        want: Vec<ObjectKey>,
+    },
     /// [`LocalStore::overwrite`] (mutant `stale-read-repair` only).
     #[cfg(feature = "mutants")]
     Overwrite {
@@ -491,6 +521,7 @@ impl StoreOp {
                 | StoreOp::ReadHint { .. }
                 | StoreOp::Registry
                 | StoreOp::List { .. }
+                | StoreOp::TreeHashes { .. }
         )
     }
 }
@@ -520,8 +551,12 @@ pub enum StoreResult {
     Listing(Vec<ListEntry>),
     /// Of `SaveCluster` and `ApplyBatch`.
     Done,
-    /// Of `Scan`.
+    /// Of `Scan` and `Repair`.
     Page(ScanPage),
+    /// Of `TreeHashes`.
+    Hashes(Vec<u64>),
+    /// Of `SegmentKeys`.
+    Digests(Vec<(ObjectKey, u64)>),
     /// Of `DropPartitions`: keys deleted, and the next cursor.
     Dropped(u64, Option<Vec<u8>>),
 }
@@ -586,6 +621,24 @@ pub fn execute<S: LocalStore + ?Sized>(store: &S, op: StoreOp) -> Result<StoreRe
         StoreOp::ApplyBatch { entries } => {
             store.apply_batch(&entries)?;
             StoreResult::Done
+        }
+        StoreOp::TreeHashes { partition, branches } => {
+            StoreResult::Hashes(store.tree_hashes(partition, &branches))
+        }
+        StoreOp::SegmentKeys { partition, segments } => {
+            StoreResult::Digests(store.segment_keys(partition, &segments)?)
+        }
+        StoreOp::Repair { entries, want } => {
+            if !entries.is_empty() {
+                store.apply_batch(&entries)?;
+            }
+            let mut page = ScanPage::default();
+            for key in want {
+                if let Some(set) = store.read(&key, &[])? {
+                    page.entries.push((key, set));
+                }
+            }
+            StoreResult::Page(page)
         }
         #[cfg(feature = "mutants")]
         StoreOp::Overwrite { key, set } => StoreResult::Merged(store.overwrite(&key, &set)?),

@@ -12,16 +12,16 @@ fn id(s: &str) -> NodeId {
 const IDS: [&str; 4] = ["n1", "n2", "n3", "n4"];
 
 fn core(me: &str) -> NodeCore {
+    core_with(me, 0)
+}
+
+/// A node with anti-entropy every `aae_ms` (0: off, so that the tests of single rules see no
+/// exchange traffic).
+fn core_with(me: &str, aae_ms: Millis) -> NodeCore {
     let members: Vec<NodeId> = IDS.iter().map(|s| id(s)).collect();
-    let mut c = NodeCore::new(
-        Config::new(id(me), members.clone(), 64, 3, 2, 2),
-        Actor::new(id(me), 7),
-        Vec::new(),
-        None,
-        1,
-        0,
-    )
-    .unwrap();
+    let mut config = Config::new(id(me), members.clone(), 64, 3, 2, 2);
+    config.anti_entropy_interval_ms = aae_ms;
+    let mut c = NodeCore::new(config, Actor::new(id(me), 7), Vec::new(), None, 1, 0).unwrap();
     c.step(0, Event::View { up: members.into_iter().collect() });
     // The first save of the cluster state (not what these tests look at).
     c.take_actions();
@@ -307,4 +307,57 @@ fn a_read_repair_stored_as_a_local_hint_is_recorded_for_delivery() {
     c.step(4, Event::Stored { id: *hid, result: Ok(StoreResult::Merged(held.join())) });
     assert_eq!(c.hints_pending().get(&id("n1")), Some(&1), "and the book knows it");
     assert_eq!(c.in_flight(), 0);
+}
+
+#[test]
+fn anti_entropy_compares_each_owned_partition_with_another_owner_and_descends_only_on_a_difference()
+{
+    let mut c = core_with("n1", 64_000);
+    // Within one spacing (64 s over the ~48 partitions n1 owns), an exchange starts: our
+    // branch hashes from the store, the peer's by a `Tree` request to another owner.
+    c.step(2_000, Event::Tick);
+    let a = c.take_actions();
+    let [(local, StoreOp::TreeHashes { partition, branches })] = &stores(&a)[..] else {
+        panic!("{a:?}")
+    };
+    assert!(branches.is_empty());
+    let trees = |a: &[Action]| -> Sends {
+        sends(a).into_iter().filter(|(_, _, r)| matches!(&**r, Request::Tree { .. })).collect()
+    };
+    let [(remote, peer, req)] = &trees(&a)[..] else { panic!("{a:?}") };
+    let Request::Tree { partition: p2, branches: b2, .. } = &**req else { panic!("{req:?}") };
+    assert_eq!((p2, b2.len()), (partition, 0));
+    let owners = c.ring().unwrap().preference_list(*partition).to_vec();
+    assert!(owners.contains(&id("n1")) && owners.contains(peer) && peer.as_str() != "n1");
+
+    // Equal trees: done, nothing more asked.
+    let hashes = vec![7u64; crate::aae::BRANCHES];
+    c.step(2_001, Event::Stored { id: *local, result: Ok(StoreResult::Hashes(hashes.clone())) });
+    c.step(2_002, Event::Reply { id: *remote, result: Ok(Response::Hashes { hashes }) });
+    let a = c.take_actions();
+    assert!(stores(&a).is_empty() && trees(&a).is_empty(), "{a:?}");
+    assert_eq!((c.stats.aae_exchanges, c.stats.aae_in_sync), (1, 1));
+
+    // The next exchange: one branch differs, so only its segments are asked for.
+    let mut at = 2_002;
+    let (local, remote) = loop {
+        at += 100;
+        c.step(at, Event::Tick);
+        let a = c.take_actions();
+        if let ([(l, StoreOp::TreeHashes { .. })], [(r, _, _)]) = (&stores(&a)[..], &trees(&a)[..])
+        {
+            break (*l, *r);
+        }
+        assert!(at < 10_000, "no second exchange");
+    };
+    let ours = vec![0u64; crate::aae::BRANCHES];
+    let mut theirs = ours.clone();
+    theirs[5] = 99;
+    c.step(at, Event::Stored { id: local, result: Ok(StoreResult::Hashes(ours)) });
+    c.step(at, Event::Reply { id: remote, result: Ok(Response::Hashes { hashes: theirs }) });
+    let a = c.take_actions();
+    let [(_, StoreOp::TreeHashes { branches, .. })] = &stores(&a)[..] else { panic!("{a:?}") };
+    assert_eq!(branches, &vec![5]);
+    let [(_, _, req)] = &trees(&a)[..] else { panic!("{a:?}") };
+    assert!(matches!(&**req, Request::Tree { branches, .. } if branches == &vec![5]));
 }

@@ -53,6 +53,8 @@ pub const HEAL_BOUND_MS: u64 = 60_000;
 pub const ROUNDS: usize = 4;
 /// Longest one read-back pass may take to settle, ms.
 const ROUND_BOUND_MS: u64 = 30_000;
+/// Anti-entropy must converge within two intervals plus this, ms.
+const AAE_SLACK_MS: u64 = 2_000;
 /// Findings quoted per failure.
 const QUOTED: usize = 6;
 
@@ -158,7 +160,9 @@ fn run_seed(p: &Params) -> Result<Report> {
     // every read quorum of the final owners sees it (pulled, written during the change, or
     // delivered by handoff). All N is too strict even without changes: a coordinator that
     // crashes after its answer takes the hint for its slowest target with it, and only read
-    // repair (and later anti-entropy) heals that replica.
+    // repair (and later anti-entropy) heals that replica. A disk replaced during the chaos
+    // destroyed copies: the operations it held are skipped here (`reduced`) and checked after
+    // anti-entropy (4b).
     {
         let local = w.owner_views(&keys);
         let mut short = Vec::new();
@@ -220,6 +224,38 @@ fn run_seed(p: &Params) -> Result<Report> {
                 findings.iter().take(QUOTED).cloned().collect::<Vec<_>>().join("; ")
             ));
         }
+    }
+
+    // 4b. Anti-entropy, with no client traffic and before any read repair: within two
+    // intervals every key's owners hold equal sets. Then a disk replacement with the cluster
+    // idle — one node restarts on an empty store — and again within two intervals its keys are
+    // back on it, by anti-entropy alone (no client, no read, no hint is left to do it).
+    let interval = w.settings.aae_interval_ms;
+    if interval > 0 {
+        if let Err(f) = aae_converges(&mut w, &keys, "after quiescence") {
+            failures.push(f);
+        } else if let Some(x) = (0..w.nodes.len()).rev().find(|i| !w.gone.contains(i)) {
+            // Every owner holds every key now: nothing is excused.
+            w.wipe(x, false);
+            w.restart(x);
+            let when = format!("after replacing {}'s disk", w.members[x]);
+            match aae_converges(&mut w, &keys, &when) {
+                Ok(took) => w.stats.aae_restored_ms = Some(took),
+                Err(f) => failures.push(f),
+            }
+        }
+    }
+    let stale_trees: Vec<String> = w
+        .nodes
+        .iter()
+        .filter(|n| !n.store.trees_match_replicas())
+        .map(|n| n.id.to_string())
+        .collect();
+    if !stale_trees.is_empty() {
+        failures.push(format!(
+            "anti-entropy trees differ from a rebuild on {}",
+            stale_trees.join(", ")
+        ));
     }
 
     // 5. Read-back.
@@ -301,6 +337,33 @@ fn run_seed(p: &Params) -> Result<Report> {
     Ok(Report { seed: p.seed, failures, line, ops, events: w.stats.events, sim_ms: w.now })
 }
 
+/// Runs the idle cluster until every key's owners hold equal sets, for at most two
+/// anti-entropy intervals plus [`AAE_SLACK_MS`]; returns how long it took.
+fn aae_converges(
+    w: &mut World,
+    keys: &BTreeSet<String>,
+    when: &str,
+) -> std::result::Result<u64, String> {
+    let interval = w.settings.aae_interval_ms;
+    let started = w.now;
+    let bound = started + 2 * interval + AAE_SLACK_MS;
+    let mut left = w.disagreements(keys);
+    while !left.is_empty() && w.now < bound {
+        w.run_until(w.now + 250, |_| false);
+        left = w.disagreements(keys);
+    }
+    if left.is_empty() {
+        return Ok(w.now - started);
+    }
+    Err(format!(
+        "anti-entropy left {} keys differing between owners {} ms {when} (interval {interval} \
+         ms): {}",
+        left.len(),
+        w.now - started,
+        left.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+    ))
+}
+
 fn counts(w: &World) -> (usize, usize, usize) {
     let mut c = (0, 0, 0);
     for op in &w.history {
@@ -354,7 +417,9 @@ fn summary_line(w: &World, v: &Verdict, rounds: usize, ops: (usize, usize, usize
         "{} nodes, {} clients, chaos {} s, timeout {} ms, sync {}; ops {}/{}/{} ok/failed/indet, \
          {} reads failed; faults: {} crashes, {} stops, {} pauses, {} partitions; net: {} sent, \
          {} dropped, {} duplicated, {} late replies; {} records lost in crashes{}, {} store \
-         errors, {} dots reused; core: {} forwarded, {} hints stored, {} delivered, {} repairs; {} keys, max {} \
+         errors, {} dots reused; core: {} forwarded, {} hints stored, {} delivered, {} repairs; \
+         anti-entropy {}: {} disks replaced, {} exchanges ({} in sync, {} failed), {} keys \
+         repaired{}; {} keys, max {} \
          versions, indeterminate {}/{} present/absent, {} read-back rounds; {} events, {} ms",
         s.nodes,
         s.clients,
@@ -385,6 +450,19 @@ fn summary_line(w: &World, v: &Verdict, rounds: usize, ops: (usize, usize, usize
         c.hints_stored,
         c.hints_delivered,
         c.read_repairs,
+        if s.aae_interval_ms == 0 {
+            "off".to_string()
+        } else {
+            format!("every {} ms", s.aae_interval_ms)
+        },
+        st.wipes,
+        c.aae_exchanges,
+        c.aae_in_sync,
+        c.aae_failures,
+        c.aae_keys_repaired,
+        st.aae_restored_ms
+            .map(|t| format!(", a replaced disk restored in {t} ms"))
+            .unwrap_or_default(),
         v.keys,
         v.max_versions,
         v.indeterminate_present,

@@ -30,6 +30,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use cairn_replication::aae::{self, Trees};
 use cairn_replication::node::buckets::BucketEntry;
 use cairn_replication::node::store::{SCAN_MAX_KEYS, ScanSpec};
 use cairn_replication::node::{
@@ -110,7 +111,7 @@ impl Data {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Log {
     /// What readers see: `durable` plus the tail.
     current: Data,
@@ -122,13 +123,40 @@ struct Log {
     lsn: u64,
     /// Every record up to here is durable.
     durable_lsn: u64,
+    /// Anti-entropy trees of `current`'s replicas: updated as records are appended, rebuilt
+    /// after a crash (the engine-backed store rebuilds them when it opens).
+    trees: Trees,
 }
 
 impl Log {
+    fn new(partitions: u32) -> Log {
+        Log {
+            current: Data::default(),
+            durable: Data::default(),
+            tail: VecDeque::new(),
+            lsn: 0,
+            durable_lsn: 0,
+            trees: Trees::new(partitions),
+        }
+    }
+
     fn append(&mut self, record: Record) {
         self.lsn += 1;
+        match &record {
+            Record::Object(k, s) => self.trees.replace(k, self.current.objects.get(k), Some(s)),
+            Record::DropObject(k) => self.trees.replace(k, self.current.objects.get(k), None),
+            _ => {}
+        }
         self.current.apply(record.clone());
         self.tail.push_back((self.lsn, record));
+    }
+
+    /// Rebuilds the trees from the replicas held now.
+    fn rebuild_trees(&mut self) {
+        self.trees.clear();
+        for (k, s) in &self.current.objects {
+            self.trees.replace(k, None, Some(s));
+        }
     }
 
     fn merge_hint(&mut self, owner: &NodeId, key: &HintKey, set: &HintSet) -> Result<HintSet> {
@@ -181,10 +209,10 @@ pub struct Finish {
 }
 
 impl MemStore {
-    /// An empty store with `policy`.
-    pub fn new(policy: SyncPolicy) -> MemStore {
+    /// An empty store with `policy`, for a ring of `partitions` partitions.
+    pub fn new(policy: SyncPolicy, partitions: u32) -> MemStore {
         MemStore {
-            log: RefCell::new(Log::default()),
+            log: RefCell::new(Log::new(partitions)),
             cluster: RefCell::new(None),
             policy,
             waiters: Vec::new(),
@@ -288,6 +316,7 @@ impl MemStore {
             .collect();
         log.current = log.durable.clone();
         log.lsn = log.durable_lsn;
+        log.rebuild_trees();
         (lost, keys)
     }
 
@@ -309,6 +338,20 @@ impl MemStore {
     /// Hints held (what `all_hints()` would list).
     pub fn all_hint_count(&self) -> usize {
         self.log.borrow().current.hints.len()
+    }
+
+    /// Whether the anti-entropy trees, as maintained write by write, equal trees rebuilt from
+    /// the replicas held now (the engine-backed store rebuilds them at every start).
+    pub fn trees_match_replicas(&self) -> bool {
+        let log = self.log.borrow();
+        let fresh = Trees::new(log.trees.partitions_total());
+        for (k, s) in &log.current.objects {
+            fresh.replace(k, None, Some(s));
+        }
+        let all: Vec<u16> = (0..aae::BRANCHES as u16).collect();
+        (0..log.trees.partitions_total()).all(|p| {
+            log.trees.hashes(p, &all) == fresh.hashes(p, &all) && log.trees.keys(p) == fresh.keys(p)
+        })
     }
 
     /// The bucket registry as it is now.
@@ -528,6 +571,26 @@ impl LocalStore for MemStore {
         Ok((doomed.len() as u64, None))
     }
 
+    fn tree_hashes(&self, partition: u32, branches: &[u16]) -> Vec<u64> {
+        self.log.borrow().trees.hashes(partition, branches)
+    }
+
+    fn segment_keys(&self, partition: u32, segments: &[u16]) -> Result<Vec<(ObjectKey, u64)>> {
+        let log = self.log.borrow();
+        let q = log.trees.partitions_total();
+        let wanted: BTreeSet<u16> = segments.iter().copied().collect();
+        Ok(log
+            .current
+            .objects
+            .iter()
+            .filter(|(k, _)| {
+                let h = k.hash();
+                aae::partition_of(h, q) == partition && wanted.contains(&aae::segment_of(h))
+            })
+            .map(|(k, s)| (k.clone(), s.clock_digest()))
+            .collect())
+    }
+
     #[cfg(feature = "mutants")]
     fn overwrite(&self, key: &ObjectKey, set: &SiblingSet) -> Result<VersionVector> {
         // Mutant `stale-read-repair`: a plain replace.
@@ -569,7 +632,7 @@ mod tests {
 
     #[test]
     fn writes_are_visible_at_once_and_lost_by_a_crash_before_their_fsync() {
-        let mut s = MemStore::new(SyncPolicy::Always);
+        let mut s = MemStore::new(SyncPolicy::Always, 16);
         let c = coordinated(&s, "a", "1", &[]);
         assert_eq!(c.lsn, 1);
         assert_eq!(s.replica(&key("a")).unwrap().len(), 1, "visible before the fsync");
@@ -586,7 +649,7 @@ mod tests {
 
     #[test]
     fn an_fsync_covers_exactly_the_records_up_to_its_lsn() {
-        let mut s = MemStore::new(SyncPolicy::Always);
+        let mut s = MemStore::new(SyncPolicy::Always, 16);
         let a = coordinated(&s, "a", "1", &[]);
         let b = coordinated(&s, "b", "1", &[]);
         assert_eq!((a.lsn, b.lsn), (1, 2));
@@ -601,7 +664,7 @@ mod tests {
 
     #[test]
     fn under_always_an_op_completes_only_after_an_fsync_covering_the_log_end() {
-        let mut s = MemStore::new(SyncPolicy::Always);
+        let mut s = MemStore::new(SyncPolicy::Always, 16);
         let c = coordinated(&s, "a", "1", &[]);
         // A replica merge that changes nothing still waits: what it saw is unsynced.
         let set = s.replica(&key("a")).unwrap();
@@ -633,7 +696,7 @@ mod tests {
     #[test]
     fn without_always_ops_complete_at_once_and_a_crash_can_lose_them() {
         for policy in [SyncPolicy::Interval(100), SyncPolicy::Never(5000)] {
-            let mut s = MemStore::new(policy);
+            let mut s = MemStore::new(policy, 16);
             let c = coordinated(&s, "a", "1", &[]);
             assert!(s.is_durable(c.lsn));
             assert!(s.finish(c.lsn, ReqId(1), Ok(StoreResult::Durable)).done.is_some());
@@ -646,7 +709,7 @@ mod tests {
 
     #[test]
     fn a_crash_drops_waiters_and_the_running_fsync() {
-        let mut s = MemStore::new(SyncPolicy::Always);
+        let mut s = MemStore::new(SyncPolicy::Always, 16);
         let c = coordinated(&s, "a", "1", &[]);
         assert!(s.finish(c.lsn, ReqId(1), Ok(StoreResult::Durable)).start_sync.is_some());
         s.crash();
@@ -657,7 +720,7 @@ mod tests {
 
     #[test]
     fn hints_merge_are_read_with_the_replica_and_are_removed_only_when_covered() {
-        let mut s = MemStore::new(SyncPolicy::Always);
+        let mut s = MemStore::new(SyncPolicy::Always, 16);
         let n2 = node("n2");
         let c = coordinated(&s, "a", "1", std::slice::from_ref(&n2));
         assert_eq!(c.hint_versions, vec![c.set.join()]);
@@ -684,7 +747,7 @@ mod tests {
 
     #[test]
     fn listings_show_live_objects_of_one_incarnation_in_name_order() {
-        let s = MemStore::new(SyncPolicy::Always);
+        let s = MemStore::new(SyncPolicy::Always, 16);
         for name in ["b", "a", "c"] {
             coordinated(&s, name, name, &[]);
         }

@@ -114,6 +114,9 @@ pub struct Settings {
     pub think: (u64, u64),
     /// Hot keys at a time.
     pub hot_keys: usize,
+    /// The nodes' anti-entropy interval, ms (0: off, in a third of the seeds, so that what
+    /// handoff and read repair must do alone stays checked without anti-entropy's safety net).
+    pub aae_interval_ms: u64,
 }
 
 impl Settings {
@@ -154,6 +157,7 @@ impl Settings {
             view_lag: (50, rng.range(200, 700)),
             think: (rng.range(5, 20), rng.range(40, 120)),
             hot_keys: rng.range(2, 4) as usize,
+            aae_interval_ms: if rng.below(3) == 0 { 0 } else { rng.range(1_000, 5_000) },
         }
     }
 }
@@ -215,6 +219,8 @@ pub struct Node {
     rpcs: BTreeMap<ReqId, usize>,
     /// Client requests being served: client request id -> who asked.
     pub client_reqs: BTreeMap<u64, Who>,
+    /// Its disk was replaced while it was down: it restarts on an empty store, new epoch.
+    wiped: bool,
 }
 
 /// Who sent a client request.
@@ -252,6 +258,10 @@ pub enum Fault {
     Next,
     /// Power loss.
     Crash(usize),
+    /// Power loss, and the disk is replaced: the node restarts on an empty data directory
+    /// with the same id (only with anti-entropy on, once per seed, never with membership
+    /// changes: see `Fault::Wipe` in `next_scenario`).
+    Wipe(usize),
     /// Clean stop.
     Stop(usize),
     /// Start again.
@@ -454,6 +464,10 @@ pub struct WorldStats {
     pub pauses: u64,
     /// Partitions.
     pub partitions: u64,
+    /// Disk replacements (also counted as crashes).
+    pub wipes: u64,
+    /// How long anti-entropy took to restore the disk replaced after quiescence, ms.
+    pub aae_restored_ms: Option<u64>,
     /// Unsynced store records lost by crashes.
     pub records_lost: u64,
     /// Store ops refused by injected errors.
@@ -518,6 +532,8 @@ pub struct World {
     pub admin: crate::admin::Admin,
     /// Force-removed nodes: down for good.
     pub gone: BTreeSet<usize>,
+    /// Nodes whose disk was replaced (every copy they held is gone; anti-entropy restores it).
+    pub wiped: BTreeSet<usize>,
     /// Per key, for each acknowledged write or delete, the nodes that stored it (owners or
     /// fallbacks): a force-removal destroys those copies.
     pub acked_on: BTreeMap<String, Vec<Acked>>,
@@ -564,6 +580,7 @@ impl World {
             membership,
             admin: crate::admin::Admin::default(),
             gone: BTreeSet::new(),
+            wiped: BTreeSet::new(),
             acked_on: BTreeMap::new(),
             reduced: BTreeSet::new(),
         };
@@ -573,7 +590,7 @@ impl World {
                 status: Status::Down,
                 inc: 0,
                 core: None,
-                store: MemStore::new(w.settings.policies[i]),
+                store: MemStore::new(w.settings.policies[i], PARTITIONS),
                 epoch: 0,
                 clean_stop: false,
                 stop_started: 0,
@@ -585,6 +602,7 @@ impl World {
                 inbound: BTreeMap::new(),
                 rpcs: BTreeMap::new(),
                 client_reqs: BTreeMap::new(),
+                wiped: false,
             });
         }
         for i in 0..nodes {
@@ -602,6 +620,7 @@ impl World {
             if i < founders { self.members[..founders].to_vec() } else { Vec::new() };
         let mut c = Config::new(self.members[i].clone(), seed_members, PARTITIONS, N, R, W);
         c.request_timeout_ms = self.settings.request_timeout_ms;
+        c.anti_entropy_interval_ms = self.settings.aae_interval_ms;
         #[cfg(feature = "mutants")]
         {
             c.mutant = self.mutant;
@@ -1133,10 +1152,37 @@ impl World {
         if self.nodes[i].status != Status::Down || self.gone.contains(&i) {
             return;
         }
-        let previous = Some(self.nodes[i].epoch);
+        // A replaced disk is a new data directory: no previous epoch.
+        let previous = (!std::mem::take(&mut self.nodes[i].wiped)).then_some(self.nodes[i].epoch);
         if let Err(e) = self.start_node(i, previous) {
             self.breach(i, format!("could not restart: {e}"));
         }
+    }
+
+    /// Powers node `i` off (if it runs) and replaces its disk: it restarts (at its next
+    /// `restart`) on an empty store, with a new epoch. With `excuse`, the operations whose
+    /// copies it destroyed are excused like a force-removal's: one it alone stored (`w=1`) from
+    /// the loss checks, one it stored with others from the owner check.
+    pub fn wipe(&mut self, i: usize, excuse: bool) {
+        if self.nodes[i].status != Status::Down {
+            self.take_down(i, false);
+        }
+        if excuse {
+            let id = &self.members[i];
+            for (key, ops) in &self.acked_on {
+                for op in ops.iter().filter(|op| op.on.contains(id)) {
+                    self.reduced.insert(key.clone());
+                    if op.on.len() == 1 {
+                        self.excused.insert(key.clone());
+                    }
+                }
+            }
+        }
+        self.stats.wipes += 1;
+        let policy = self.nodes[i].store.policy();
+        self.nodes[i].store = MemStore::new(policy, PARTITIONS);
+        self.nodes[i].wiped = true;
+        self.wiped.insert(i);
     }
 
     /// Resumes node `i` if it is paused: what waited runs now, in order.
@@ -1181,6 +1227,12 @@ impl World {
                     self.stats.crashes += 1;
                     self.take_down(i, false);
                 }
+            }
+            Fault::Wipe(i) => {
+                if self.nodes[i].status != Status::Down {
+                    self.stats.crashes += 1;
+                }
+                self.wipe(i, true);
             }
             Fault::Stop(i) => {
                 if self.nodes[i].status == Status::Up {
@@ -1236,7 +1288,15 @@ impl World {
         let end = match kind {
             0..=29 => {
                 let back = now + self.faults.range(200, 4_000);
-                plan.push((now, Fault::Crash(x)));
+                // With anti-entropy on, one crash in three of a seed's first is a disk
+                // replacement: at most one per seed (two could take both copies of a write
+                // acknowledged at W = 2), and not with membership changes (a replaced node
+                // restarts on its founding --members; see docs/operations.md).
+                let wipe = self.settings.aae_interval_ms > 0
+                    && !self.membership
+                    && self.wiped.is_empty()
+                    && self.faults.below(3) == 0;
+                plan.push((now, if wipe { Fault::Wipe(x) } else { Fault::Crash(x) }));
                 plan.push((back, Fault::Restart(x)));
                 back
             }
@@ -1351,4 +1411,8 @@ fn add_stats(total: &mut CoreStats, s: &CoreStats) {
     total.hints_delivered += s.hints_delivered;
     total.hint_delivery_failures += s.hint_delivery_failures;
     total.registry_synced += s.registry_synced;
+    total.aae_exchanges += s.aae_exchanges;
+    total.aae_in_sync += s.aae_in_sync;
+    total.aae_keys_repaired += s.aae_keys_repaired;
+    total.aae_failures += s.aae_failures;
 }
