@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Short fault-injection runs (a few minutes in all): on local processes a faults run (kill -9,
-# SIGSTOP), the lww control (which must REPORT lost writes), the crash-durability run (20 kill -9
+# SIGSTOP, and one disk wipe: a node's data deleted, its keys back by anti-entropy before the
+# read-back), the lww control (which must REPORT lost writes), the crash-durability run (20 kill -9
 # under --sync always) and a faults run with membership changes (a node added, another
 # decommissioned); then, where Docker and docker-compose are present, a faults run on the
-# compose cluster (kill, pause, network partitions), and one with the same membership changes. Exits non-zero on the first
+# compose cluster (kill, pause, network partitions, one disk wipe: container and volume
+# recreated), and one with the same membership changes. Exits non-zero on the first
 # failing run. Run records (seed, schedule, settings, results) go to target/faults/.
 #
 #   scripts/fault-test.sh            # 45 s of faults per run

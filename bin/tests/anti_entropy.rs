@@ -70,7 +70,7 @@ async fn a_replaced_disk_gets_every_key_back_without_client_traffic() {
     c.restart(3).await;
     let restarted = Instant::now();
     let log = c.log(3);
-    let built = log.lines().filter(|l| l.contains("anti-entropy trees built")).last().unwrap();
+    let built = log.lines().rfind(|l| l.contains("anti-entropy trees built")).unwrap();
     assert!(built.contains("keys=0"), "n4 came back empty: {built}");
 
     // No client traffic from here on: only the nodes' exchanges move data.
@@ -129,4 +129,107 @@ async fn a_replaced_disk_gets_every_key_back_without_client_traffic() {
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
+}
+
+/// Sum of one `/cluster` number over the nodes.
+async fn cluster_sum(c: &Cluster, path: &[&str]) -> u64 {
+    let mut total = 0;
+    for i in 0..c.ids.len() {
+        if let Ok((_, v)) = c.get(&c.http[i], "/cluster").await {
+            let mut x = &v;
+            for p in path {
+                x = &x[*p];
+            }
+            total += x.as_u64().unwrap_or(0);
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_collected_after_the_grace_and_deleted_buckets_are_reclaimed() {
+    let mut c =
+        Cluster::start(4, &["--tombstone-grace", "2s", "--anti-entropy-interval", "2s"]).await;
+    c.create_bucket(0, "bkt", "").await;
+    for k in 0..40 {
+        let key = format!("k{k}");
+        let (s, _) = c.put(k % 4, &format!("/buckets/bkt/{key}"), key.as_bytes(), None).await;
+        assert_eq!(s, 200, "{key}");
+    }
+    c.eventually("every object on three nodes", async |c| {
+        cluster_sum(c, &["anti_entropy", "tree", "keys"]).await == 120
+    })
+    .await;
+    for k in 0..20 {
+        let r = c.client.delete(c.url(k % 4, &format!("/buckets/bkt/k{k}"))).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "delete k{k}");
+    }
+    // Right after the deletes every owner keeps a tombstone...
+    assert!(cluster_sum(&c, &["anti_entropy", "tree", "keys"]).await >= 110);
+    // ...and once the grace has passed and every node confirmed, they are gone: 20 live
+    // objects × 3 replicas remain.
+    c.eventually("tombstones collected", async |c| {
+        cluster_sum(c, &["anti_entropy", "tree", "keys"]).await == 60
+    })
+    .await;
+    assert!(cluster_sum(&c, &["tombstones", "collected"]).await >= 60);
+    for k in 0..20 {
+        let (s, _, _) = c.read((k + 1) % 4, &format!("/buckets/bkt/k{k}")).await;
+        assert_eq!(s, 404, "k{k} stays deleted");
+    }
+    // A collected key written again is an ordinary new object, on every replica.
+    let (s, _) = c.put(1, "/buckets/bkt/k3", b"again", None).await;
+    assert_eq!(s, 200);
+    let (s, body, _) = c.read(2, "/buckets/bkt/k3").await;
+    assert_eq!((s, body), (200, b"again".to_vec()));
+    c.eventually("the new k3 on three nodes", async |c| {
+        cluster_sum(c, &["anti_entropy", "tree", "keys"]).await == 63
+    })
+    .await;
+
+    // A deleted bucket's objects leave every node; a new bucket of the same name keeps its own.
+    c.create_bucket(0, "gone", "").await;
+    for k in 0..15 {
+        let (s, _) = c.put(k % 4, &format!("/buckets/gone/g{k}"), &[7u8; 32 << 10], None).await;
+        assert_eq!(s, 200);
+    }
+    c.eventually("the bucket's objects on three nodes", async |c| {
+        cluster_sum(c, &["anti_entropy", "tree", "keys"]).await == 63 + 45
+    })
+    .await;
+    let r = c.client.delete(c.url(1, "/buckets/gone")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.create_bucket(2, "gone", "").await;
+    let (s, _) = c.put(3, "/buckets/gone/fresh", b"new", None).await;
+    assert_eq!(s, 200);
+    c.eventually("the deleted incarnation reclaimed", async |c| {
+        cluster_sum(c, &["anti_entropy", "tree", "keys"]).await == 63 + 3
+    })
+    .await;
+    assert!(cluster_sum(&c, &["tombstones", "objects_reclaimed"]).await >= 45);
+    let (s, body, _) = c.read(0, "/buckets/gone/fresh").await;
+    assert_eq!((s, body), (200, b"new".to_vec()));
+
+    // The space comes back at compaction: stop a node, compact its directory offline.
+    let before = dir_bytes(&c.data_dir(0));
+    assert!(c.stop(0).success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["compact", "--data-dir"])
+        .arg(c.data_dir(0))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = dir_bytes(&c.data_dir(0));
+    eprintln!("n1's data directory: {before} bytes before compaction, {after} after");
+    assert!(after < before, "compaction returned no space: {before} -> {after}");
+}
+
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(path).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
+    }
+    total
 }

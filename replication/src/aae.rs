@@ -197,6 +197,11 @@ impl Trees {
             .unwrap_or(0)
     }
 
+    /// Keys accounted for in every partition.
+    pub fn total_keys(&self) -> u64 {
+        (0..self.partitions_total).map(|p| self.keys(p)).sum()
+    }
+
     /// Partitions with a tree allocated.
     pub fn allocated(&self) -> usize {
         self.parts.iter().filter(|s| s.lock().unwrap_or_else(|p| p.into_inner()).is_some()).count()

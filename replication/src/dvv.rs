@@ -251,7 +251,21 @@ impl<V: Clone> SiblingSet<V> {
     /// The counter saturates at `u64::MAX` (unreachable in practice: one write per nanosecond for
     /// 584 years).
     pub fn update(&mut self, context: &VersionVector, value: V, actor: &Actor) -> Dot {
-        let counter = self.vv.get(actor).max(context.get(actor)).saturating_add(1);
+        self.update_above(context, value, actor, 0)
+    }
+
+    /// [`update`](Self::update) whose new counter is also above `floor`: a store that deleted
+    /// sets (collected tombstones, dropped partitions) passes the highest counter they held, so
+    /// a coordinator that no longer holds a key's history never issues one of its old dots
+    /// again (Riak's KV679 in another guise). The counters skipped were part of that history.
+    pub fn update_above(
+        &mut self,
+        context: &VersionVector,
+        value: V,
+        actor: &Actor,
+        floor: u64,
+    ) -> Dot {
+        let counter = self.vv.get(actor).max(context.get(actor)).max(floor).saturating_add(1);
         let dot = Dot { actor: actor.clone(), counter };
         self.siblings.retain(|s| !context.contains(&s.dot));
         self.vv.merge(context);
@@ -395,6 +409,19 @@ impl SiblingSet<Sibling> {
         actor: &Actor,
         limit: usize,
     ) -> Result<Dot> {
+        self.write_above(context, value, actor, limit, 0)
+    }
+
+    /// [`write`](Self::write) with the new counter above `floor` (see
+    /// [`update_above`](Self::update_above)).
+    pub fn write_above(
+        &mut self,
+        context: &VersionVector,
+        value: Sibling,
+        actor: &Actor,
+        limit: usize,
+        floor: u64,
+    ) -> Result<Dot> {
         let kept_live = self.live().filter(|s| !context.contains(&s.dot)).count();
         let count = kept_live + usize::from(!value.is_tombstone() || kept_live == 0);
         if count > limit {
@@ -402,7 +429,7 @@ impl SiblingSet<Sibling> {
         }
         let deleting = value.is_tombstone();
         self.siblings.retain(|s| !s.value.is_tombstone());
-        let dot = self.update(context, value, actor);
+        let dot = self.update_above(context, value, actor, floor);
         if deleting && self.siblings.len() > 1 {
             self.siblings.retain(|s| !s.value.is_tombstone());
         }
@@ -433,6 +460,8 @@ pub struct SetSummary {
     pub live: Vec<Meta>,
     /// Number of tombstones.
     pub tombstones: usize,
+    /// The newest tombstone's `timestamp_ms` (the time of its delete), if any.
+    pub newest_tombstone_ms: Option<u64>,
 }
 
 /// The digest behind [`SiblingSet::clock_digest`], from the history's entries (in actor order)
@@ -467,6 +496,16 @@ pub fn clock_digest_of_bytes(bytes: &[u8]) -> Result<u64> {
     let raw: summary::RawClock =
         rmp_serde::from_slice(bytes).map_err(|e| Error::CorruptSiblingSet(e.to_string()))?;
     Ok(clock_digest(raw.vv.iter(), raw.siblings.iter().map(|s| &s.dot)))
+}
+
+/// The version vector of an encoded set, decoding only its clock (the content is skipped).
+pub fn version_vector_of_bytes(bytes: &[u8]) -> Result<VersionVector> {
+    if bytes.len() > MAX_ENCODED_SET_LEN {
+        return Err(Error::CorruptSiblingSet(format!("{} bytes is over the limit", bytes.len())));
+    }
+    let raw: summary::RawClock =
+        rmp_serde::from_slice(bytes).map_err(|e| Error::CorruptSiblingSet(e.to_string()))?;
+    Ok(raw.vv)
 }
 
 /// Borrowing mirrors of the stored types: the same serde shape, with the content and the
@@ -535,7 +574,11 @@ impl SetSummary {
         for s in raw.siblings {
             match s.value.body {
                 summary::BodyView::Bytes(_) => out.live.push(s.value.meta),
-                summary::BodyView::Tombstone => out.tombstones += 1,
+                summary::BodyView::Tombstone => {
+                    out.tombstones += 1;
+                    let t = s.value.meta.timestamp_ms;
+                    out.newest_tombstone_ms = Some(out.newest_tombstone_ms.map_or(t, |n| n.max(t)));
+                }
             }
         }
         Ok(out)

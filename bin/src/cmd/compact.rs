@@ -27,17 +27,14 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
-    if !args.data_dir.is_dir() {
-        anyhow::bail!("data directory {} does not exist", args.data_dir.display());
-    }
+    let dir = crate::cmd::node::engine_dir_of(&args.data_dir)?;
     let opts = Options {
         sync: SyncPolicy::Always,
         tombstone_grace: Duration::from_secs(args.tombstone_grace_secs),
         background_compaction: None,
         ..Options::default()
     };
-    let engine = Engine::open(&args.data_dir, opts)
-        .with_context(|| format!("opening {}", args.data_dir.display()))?;
+    let engine = Engine::open(&dir, opts).with_context(|| format!("opening {}", dir.display()))?;
     let mut progress = Progress::new("compacting");
     let report = engine
         .compact(&mut |p| progress.update(p.bytes_done, p.bytes_total))
@@ -46,7 +43,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     engine.sync().context("final sync")?;
 
     let saved = report.bytes_before.saturating_sub(report.bytes_after);
-    println!("compaction of {} finished in {:.2?}", args.data_dir.display(), report.duration);
+    println!("compaction of {} finished in {:.2?}", dir.display(), report.duration);
     println!("  segments rewritten   {}", report.segments_rewritten);
     println!(
         "  bytes                {} -> {} ({} reclaimed)",

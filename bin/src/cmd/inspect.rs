@@ -28,17 +28,15 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
-    if !args.data_dir.is_dir() {
-        anyhow::bail!("data directory {} does not exist", args.data_dir.display());
-    }
+    let dir = crate::cmd::node::engine_dir_of(&args.data_dir)?;
     if args.verify {
-        let report = cairn_engine::verify(&args.data_dir)
-            .with_context(|| format!("verifying {}", args.data_dir.display()))?;
+        let report =
+            cairn_engine::verify(&dir).with_context(|| format!("verifying {}", dir.display()))?;
         println!("{report}");
         return Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
-    let records = cairn_engine::inspect(&args.data_dir)
-        .with_context(|| format!("reading {}", args.data_dir.display()))?;
+    let records =
+        cairn_engine::inspect(&dir).with_context(|| format!("reading {}", dir.display()))?;
     if !args.json {
         println!(
             "{:>10} {:>12}  {:<10} {:<8} {:>6} {:>9}  {:<4}  key",

@@ -71,6 +71,11 @@ pub struct Args {
     /// `0` turns it off [default: 60s].
     #[arg(long, env = "CAIRN_ANTI_ENTROPY_INTERVAL")]
     pub anti_entropy_interval: Option<String>,
+    /// How old a delete must be before its tombstone may be collected (once every node has
+    /// confirmed it holds the delete and no hint for the key), and a deleted bucket's objects
+    /// reclaimed, e.g. `1h`, `10m`, `5s`; `off` never collects [default: 1h].
+    #[arg(long, env = "CAIRN_TOMBSTONE_GRACE")]
+    pub tombstone_grace: Option<String>,
     /// File holding the cluster secret (64 hex chars, a swarm.key, or a passphrase of 16+ chars).
     #[arg(long, env = "CAIRN_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
@@ -141,6 +146,7 @@ struct FileSettings {
     shutdown_timeout: Option<String>,
     handoff_rate: Option<f64>,
     anti_entropy_interval: Option<String>,
+    tombstone_grace: Option<String>,
 }
 
 /// A setting that is missing or wrong: printed as one line, exit code 2.
@@ -185,10 +191,37 @@ pub struct NodeConfig {
     handoff_rate_bytes: u64,
     /// Anti-entropy interval (zero: off).
     anti_entropy_interval: Duration,
+    /// Tombstone grace (`None`: collection off).
+    tombstone_grace: Option<Duration>,
 }
 
 /// The engine's directory inside the data directory (it also holds the cluster state file).
 const ENGINE_DIR: &str = "engine";
+
+/// The engine directory an operator command works on, given `--data-dir`: the node's data
+/// directory (its `engine/` inside), or an engine directory itself. Errors when `dir` is neither
+/// (so a mistyped path never gets an empty engine created in it).
+pub fn engine_dir_of(dir: &std::path::Path) -> Result<PathBuf> {
+    if !dir.is_dir() {
+        anyhow::bail!("data directory {} does not exist", dir.display());
+    }
+    let inner = dir.join(ENGINE_DIR);
+    if inner.is_dir() {
+        return Ok(inner);
+    }
+    let has_segments = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "seg"));
+    if has_segments {
+        return Ok(dir.to_path_buf());
+    }
+    anyhow::bail!(
+        "{} holds no Cairn data (neither a node's data directory with engine/ inside nor an \
+         engine directory)",
+        dir.display()
+    )
+}
 
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
     flag.or(file)
@@ -332,9 +365,20 @@ impl NodeConfig {
                     Duration::from_millis(cairn_replication::node::DEFAULT_ANTI_ENTROPY_INTERVAL_MS)
                 }
             };
+        let tombstone_grace = match pick(args.tombstone_grace, file.tombstone_grace) {
+            Some(raw) if raw.trim() == "off" => None,
+            Some(raw) => Some(
+                crate::cmd::bench::parse_duration(&raw)
+                    .map_err(|e| bad(format!("--tombstone-grace: {e}, or off")))?,
+            ),
+            None => {
+                Some(Duration::from_millis(cairn_replication::node::DEFAULT_TOMBSTONE_GRACE_MS))
+            }
+        };
         Ok(NodeConfig {
             handoff_rate_bytes: (handoff_rate * 1e6) as u64,
             anti_entropy_interval,
+            tombstone_grace,
             id,
             data_dir,
             http,
@@ -420,6 +464,7 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
     config.request_timeout_ms = cfg.request_timeout.as_millis() as u64;
     config.handoff_rate_bytes = cfg.handoff_rate_bytes;
     config.anti_entropy_interval_ms = cfg.anti_entropy_interval.as_millis() as u64;
+    config.tombstone_grace_ms = cfg.tombstone_grace.map(|d| d.as_millis() as u64);
     let engine_for_trees = Arc::clone(&engine);
     let partitions = cfg.partitions;
     let store = tokio::task::spawn_blocking(move || Store::new(engine_for_trees, partitions))

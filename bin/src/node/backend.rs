@@ -73,6 +73,7 @@ fn anti_entropy_json<T: Transport>(node: &Node<T>) -> Value {
         "tree": {
             "partitions": t.partitions,
             "memory_bytes": t.memory_bytes,
+            "keys": t.keys,
             "build_keys": t.built_keys,
             "build_ms": t.build_ms,
         },
@@ -81,6 +82,22 @@ fn anti_entropy_json<T: Transport>(node: &Node<T>) -> Value {
             .iter()
             .map(|(p, ms)| (p.to_string(), *ms as f64 / 1000.0))
             .collect::<BTreeMap<_, _>>(),
+    })
+}
+
+/// The node's tombstone collection and reclaiming for `/cluster`.
+fn tombstones_json<T: Transport>(node: &Node<T>) -> Value {
+    let g = node.tombstones();
+    let stats = node.stats();
+    json!({
+        "enabled": g.grace_ms.is_some(),
+        "grace_s": g.grace_ms.map(|ms| ms as f64 / 1000.0),
+        "awaiting_stability": g.awaiting,
+        "blocked_last_round": g.blocked_last_round,
+        "collected": stats.tombstones_collected,
+        "rounds": stats.tombstone_rounds,
+        "objects_reclaimed": stats.objects_reclaimed,
+        "counter_floor": node.store.counter_floor(),
     })
 }
 
@@ -368,6 +385,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
             })),
             "hints_pending": hints.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
             "anti_entropy": anti_entropy_json(node),
+            "tombstones": tombstones_json(node),
         }))
     }
 
@@ -410,7 +428,8 @@ impl<T: Transport> Backend for NodeBackend<T> {
         let s = node.store.engine().stats();
         let aae = node.anti_entropy();
         let trees = node.store.tree_stats();
-        let gauges: [(&str, &str, f64); 10] = [
+        let gc = node.tombstones();
+        let gauges: [(&str, &str, f64); 11] = [
             (
                 "cairn_engine_keys",
                 "Live keys in the engine (all keyspaces).",
@@ -435,6 +454,11 @@ impl<T: Transport> Backend for NodeBackend<T> {
                 "cairn_aae_tree_memory_bytes",
                 "Memory of the anti-entropy hash trees.",
                 trees.memory_bytes as f64,
+            ),
+            (
+                "cairn_tombstones_awaiting_stability",
+                "Tombstones old enough to collect, waiting for every node to confirm (primary here).",
+                gc.awaiting as f64,
             ),
             (
                 "cairn_aae_tree_build_seconds",

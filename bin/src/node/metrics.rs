@@ -6,7 +6,7 @@ use cairn_replication::node::Stats;
 
 /// Appends the counters to `out` in the Prometheus text format.
 pub fn render(stats: &Stats, out: &mut String) {
-    let rows: [(&str, &str, u64); 14] = [
+    let rows: [(&str, &str, u64); 16] = [
         ("cairn_writes_ok_total", "Writes coordinated here that reached W.", stats.writes_ok),
         (
             "cairn_write_quorum_failures_total",
@@ -52,6 +52,16 @@ pub fn render(stats: &Stats, out: &mut String) {
             "cairn_aae_keys_repaired_total",
             "Keys found differing by anti-entropy and merged both ways.",
             stats.aae_keys_repaired,
+        ),
+        (
+            "cairn_tombstones_collected_total",
+            "Tombstones deleted here at causal stability.",
+            stats.tombstones_collected,
+        ),
+        (
+            "cairn_objects_reclaimed_total",
+            "Replicas deleted here because nobody needs them (deleted buckets, fallback copies).",
+            stats.objects_reclaimed,
         ),
     ];
     for (name, help, v) in rows {

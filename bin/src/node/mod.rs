@@ -238,6 +238,11 @@ impl<T: Transport> Node<T> {
         }
     }
 
+    /// Tombstone collection: grace, tombstones awaiting stability.
+    pub fn tombstones(&self) -> cairn_replication::node::GcStatus {
+        self.core.lock().tombstones()
+    }
+
     /// Anti-entropy: the partitions owned and when each was last exchanged.
     pub fn anti_entropy(&self) -> cairn_replication::node::AaeStatus {
         self.core.lock().anti_entropy()

@@ -22,7 +22,7 @@ use cairn_replication::node::keys::{HintKey, ObjectKey, bucket_prefix};
 use cairn_replication::node::{
     BucketChange, ClusterState, Coordinated, HintSet, ListEntry, LocalStore, LocalWrite, ScanPage,
     in_partitions,
-    store::{SCAN_MAX_KEYS, ScanSpec},
+    store::{ReclaimSpec, SCAN_MAX_KEYS, ScanSpec, incarnation_ended, max_counter},
 };
 use cairn_replication::{
     Actor, Error, NodeId, Result, SetSummary, Sibling, SiblingSet, VersionVector,
@@ -35,6 +35,10 @@ pub const HINT_SCAN_BATCH: usize = 256;
 
 /// The cluster state's file name, in the engine directory.
 pub const CLUSTER_STATE_FILE: &str = "cluster-state.json";
+
+/// The counter floor's file name, in the engine directory: the highest dot counter of any set
+/// this store deleted (one decimal number, replaced durably before the deletes).
+pub const COUNTER_FLOOR_FILE: &str = "counter-floor";
 
 /// The node's local data.
 #[derive(Clone)]
@@ -50,6 +54,9 @@ pub struct Store {
     trees: Arc<Trees>,
     /// How the trees were built at open: (replicas, milliseconds).
     built: (u64, u64),
+    /// The counter floor ([`LocalWrite::counter_floor`]), as last stored durably; the lock
+    /// serialises raising it.
+    floor: Arc<parking_lot::Mutex<u64>>,
 }
 
 /// The anti-entropy trees' figures (`/cluster`, `/metrics`).
@@ -59,6 +66,8 @@ pub struct TreeStats {
     pub partitions: usize,
     /// Memory the trees take, bytes.
     pub memory_bytes: u64,
+    /// Replicas the trees hold now.
+    pub keys: u64,
     /// Replicas the trees were built from at open.
     pub built_keys: u64,
     /// How long the build at open took, ms.
@@ -170,7 +179,22 @@ impl Store {
             saved_generation: Arc::new(parking_lot::Mutex::new(0)),
             trees: Arc::new(Trees::new(partitions)),
             built: (0, 0),
+            floor: Arc::new(parking_lot::Mutex::new(0)),
         };
+        let floor_path = store.dir.join(COUNTER_FLOOR_FILE);
+        match std::fs::read_to_string(&floor_path) {
+            Ok(text) => {
+                let f = text
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|e| Error::Corrupt(format!("{}: {e}", floor_path.display())))?;
+                *store.floor.lock() = f;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Storage(format!("reading {}: {e}", floor_path.display())));
+            }
+        }
         let started = std::time::Instant::now();
         let keys = store.build_trees()?;
         store.built = (keys, started.elapsed().as_millis() as u64);
@@ -234,11 +258,63 @@ impl Store {
         })
     }
 
+    /// Raises the counter floor to `to` (durably, before the caller deletes anything).
+    fn raise_floor(&self, to: u64) -> Result<()> {
+        let mut floor = self.floor.lock();
+        if to <= *floor {
+            return Ok(());
+        }
+        crate::node::identity::write_durably(
+            &self.dir,
+            COUNTER_FLOOR_FILE,
+            to.to_string().as_bytes(),
+        )
+        .map_err(|e| Error::Storage(e.to_string()))?;
+        *floor = to;
+        Ok(())
+    }
+
+    /// The counter floor now.
+    pub fn counter_floor(&self) -> u64 {
+        *self.floor.lock()
+    }
+
+    /// Deletes the replica of `k` (an engine key) if `keep` (given its stored bytes) says not
+    /// to keep it, keeping the trees in step; returns whether it deleted it.
+    fn delete_object_unless(
+        &self,
+        key: &ObjectKey,
+        k: &[u8],
+        keep: impl FnOnce(&[u8]) -> Result<bool>,
+    ) -> Result<bool> {
+        let mut old = None;
+        let outcome = self
+            .engine
+            .update(Keyspace::Object, k, |v| {
+                let Some(bytes) = v else { return Ok::<_, Error>(Update::Keep) };
+                if keep(bytes)? {
+                    return Ok(Update::Keep);
+                }
+                old = Some(cairn_replication::dvv::clock_digest_of_bytes(bytes)?);
+                Ok(Update::Delete)
+            })
+            .map_err(storage)?;
+        match outcome {
+            UpdateOutcome::Deleted => {
+                self.trees.update(key, aae::Change { old, new: None });
+                Ok(true)
+            }
+            UpdateOutcome::Aborted(e) => Err(e),
+            _ => Ok(false),
+        }
+    }
+
     /// The anti-entropy trees' figures.
     pub fn tree_stats(&self) -> TreeStats {
         TreeStats {
             partitions: self.trees.allocated(),
             memory_bytes: self.trees.memory_bytes(),
+            keys: self.trees.total_keys(),
             built_keys: self.built.0,
             build_ms: self.built.1,
         }
@@ -294,6 +370,8 @@ impl LocalStore for Store {
     ) -> Result<Coordinated> {
         let mut dot = None;
         let max_siblings = write.max_siblings;
+        let mut write = write;
+        write.counter_floor = write.counter_floor.max(self.counter_floor());
         let (set, mut pending) = self.rewrite_object(key, |set, _| {
             dot = Some(write.apply(set)?);
             if set.len() > max_siblings / 2 {
@@ -525,26 +603,25 @@ impl LocalStore for Store {
         let keys = self.engine.keys_with_prefix(Keyspace::Object, b"", after, SCAN_MAX_KEYS);
         let next = if keys.len() < SCAN_MAX_KEYS { None } else { keys.last().cloned() };
         let mut dropped = 0;
+        // The floor first: the sets' histories are about to go.
+        let mut doomed = Vec::new();
+        let mut floor = 0;
         for k in keys {
             let Some(key) = ObjectKey::decode(&k) else { continue };
             if !in_partitions(key.hash(), partitions_total, partitions) {
                 continue;
             }
-            let mut old = None;
-            let outcome = self
-                .engine
-                .update(Keyspace::Object, &k, |v| {
-                    old = v.map(cairn_replication::dvv::clock_digest_of_bytes).transpose()?;
-                    Ok::<_, Error>(Update::Delete)
-                })
-                .map_err(storage)?;
-            match outcome {
-                UpdateOutcome::Deleted => {
-                    self.trees.update(&key, aae::Change { old, new: None });
-                    dropped += 1;
-                }
-                UpdateOutcome::Aborted(e) => return Err(e),
-                _ => {}
+            if let Some(v) = self.engine.get(Keyspace::Object, &k).map_err(storage)? {
+                let vv = cairn_replication::dvv::version_vector_of_bytes(&v)
+                    .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
+                floor = floor.max(max_counter(&vv));
+                doomed.push((key, k));
+            }
+        }
+        self.raise_floor(floor)?;
+        for (key, k) in doomed {
+            if self.delete_object_unless(&key, &k, |_| Ok(false))? {
+                dropped += 1;
             }
         }
         Ok((dropped, next))
@@ -559,6 +636,117 @@ impl LocalStore for Store {
         }
         self.engine.wait_durable(Pending::from_lsn(last)).map_err(storage)?;
         Ok(())
+    }
+
+    fn tombstone_candidates(
+        &self,
+        partitions: &[u32],
+        grace_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, VersionVector)>> {
+        let q = self.trees.partitions_total();
+        let now = crate::node::now_ms();
+        let mut out = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let keys = self.engine.keys_with_prefix(
+                Keyspace::Object,
+                b"",
+                cursor.as_deref(),
+                SCAN_MAX_KEYS,
+            );
+            let full = keys.len() == SCAN_MAX_KEYS;
+            for k in &keys {
+                let Some(key) = ObjectKey::decode(k) else { continue };
+                if !in_partitions(key.hash(), q, partitions) {
+                    continue;
+                }
+                let Some(v) = self.engine.get(Keyspace::Object, k).map_err(storage)? else {
+                    continue;
+                };
+                let summary = SetSummary::from_bytes(&v)
+                    .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
+                let old_enough =
+                    summary.newest_tombstone_ms.is_some_and(|t| t.saturating_add(grace_ms) <= now);
+                if summary.live.is_empty() && old_enough {
+                    let vv = cairn_replication::dvv::version_vector_of_bytes(&v)
+                        .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
+                    out.push((key, vv));
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match keys.into_iter().last() {
+                Some(last) if full => cursor = Some(last),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    fn collect_tombstones(&self, keys: &[(ObjectKey, VersionVector)]) -> Result<u64> {
+        self.raise_floor(keys.iter().map(|(_, vv)| max_counter(vv)).max().unwrap_or(0))?;
+        let mut collected = 0;
+        for (key, vv) in keys {
+            let gone = self.delete_object_unless(key, &key.encode(), |bytes| {
+                let set: SiblingSet = decode_set(bytes)?;
+                Ok(set.join() != *vv || set.live_count() > 0)
+            })?;
+            collected += u64::from(gone);
+        }
+        Ok(collected)
+    }
+
+    fn reclaim(
+        &self,
+        spec: &ReclaimSpec<'_>,
+        after: Option<&[u8]>,
+    ) -> Result<(u64, Option<Vec<u8>>)> {
+        let now = crate::node::now_ms();
+        let registry: std::collections::HashMap<String, SiblingSet<BucketEntry>> =
+            self.registry()?.into_iter().collect();
+        let keys = self.engine.keys_with_prefix(Keyspace::Object, b"", after, SCAN_MAX_KEYS);
+        let next = if keys.len() < SCAN_MAX_KEYS { None } else { keys.last().cloned() };
+        let mut doomed = Vec::new();
+        let mut floor = 0;
+        for k in keys {
+            let Some(key) = ObjectKey::decode(&k) else { continue };
+            let entry = registry.get(&key.bucket);
+            let live = entry
+                .is_none_or(|s| s.values().any(|e| !e.deleted && e.incarnation == key.incarnation));
+            let unowned = spec.unowned_copy(&key, |owner| {
+                let hk = HintKey::Object(key.clone()).encode(owner.as_str());
+                self.engine.get(Keyspace::Hint, &hk).map(|v| v.is_some()).map_err(storage)
+            })?;
+            // Cheap first: an owned object of a live incarnation is never read.
+            if live && !unowned {
+                continue;
+            }
+            let Some(v) = self.engine.get(Keyspace::Object, &k).map_err(storage)? else {
+                continue;
+            };
+            let summary = SetSummary::from_bytes(&v)
+                .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
+            let newest = summary
+                .live
+                .iter()
+                .map(|m| m.timestamp_ms)
+                .chain(summary.newest_tombstone_ms)
+                .max()
+                .unwrap_or(0);
+            if unowned || incarnation_ended(entry, key.incarnation, newest, now, spec.grace_ms) {
+                let vv = cairn_replication::dvv::version_vector_of_bytes(&v)
+                    .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
+                floor = floor.max(max_counter(&vv));
+                doomed.push((key, k));
+            }
+        }
+        self.raise_floor(floor)?;
+        let mut dropped = 0;
+        for (key, k) in doomed {
+            dropped += u64::from(self.delete_object_unless(&key, &k, |_| Ok(false))?);
+        }
+        Ok((dropped, next))
     }
 
     fn tree_hashes(&self, partition: u32, branches: &[u16]) -> Vec<u64> {

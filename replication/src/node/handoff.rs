@@ -44,6 +44,7 @@ impl NodeCore {
             self.pull_registry();
         }
         self.cluster_tick();
+        self.gc_tick();
     }
 
     /// Starts delivering `owner`'s hints, unless a round is already running.

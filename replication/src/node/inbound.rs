@@ -77,6 +77,8 @@ impl NodeCore {
                 let op = StoreOp::SegmentKeys { partition, segments };
                 self.store(op, StoreCont::Inbound { id, hint: None });
             }
+            Request::TombstoneCheck { version, keys } => self.on_tombstone_check(id, version, keys),
+            Request::CollectTombstones { version, keys } => self.on_collect(id, version, keys),
             Request::Repair { entries, want } => {
                 self.store(
                     StoreOp::Repair { entries, want },

@@ -21,6 +21,9 @@
 //!   `Vote`; `Commit` pushes a chosen layout ([`crate::paxos`]).
 //! - `SyncPage` asks an old owner for its objects of some partitions after a cursor (partition
 //!   sync while a membership change is in progress); answered by a `Page`.
+//! - `TombstoneCheck` / `CollectTombstones`: a partition's primary asks every node to vote on
+//!   collecting tombstones (`TombstoneVotes`), then tells the owners to delete them
+//!   (`Collected`); `node::gc`.
 //! - `Tree`, `SegmentKeys` and `Repair` are an anti-entropy exchange between two owners of a
 //!   partition ([`crate::aae`], `node::aae`): the receiver's branch or segment hashes (`Hashes`),
 //!   its (key, clock digest) lists of some segments (`Digests`), and a merge of the sender's sets
@@ -146,6 +149,23 @@ pub enum Request {
         partition: u32,
         /// The segments.
         segments: Vec<u16>,
+    },
+    /// Vote on collecting these tombstones (key, exact version vector): yes for a key when the
+    /// receiver holds no hint for it and its replica descends the version vector (or, for a
+    /// non-owner, holds none). All no when the receiver's layout version is not `version`.
+    TombstoneCheck {
+        /// The sender's layout version.
+        version: u64,
+        /// Keys and the tombstone-only sets' version vectors.
+        keys: Vec<(ObjectKey, VersionVector)>,
+    },
+    /// Every node voted yes: delete these replicas if they are still exactly these
+    /// tombstone-only sets (nothing when the receiver's layout version is not `version`).
+    CollectTombstones {
+        /// The sender's layout version.
+        version: u64,
+        /// Keys and version vectors.
+        keys: Vec<(ObjectKey, VersionVector)>,
     },
     /// Merge `entries` into the receiver's replicas, then send back its sets of `want`.
     Repair {
@@ -280,6 +300,16 @@ pub enum Response {
     Hashes {
         /// Branch or segment hashes.
         hashes: Vec<u64>,
+    },
+    /// One vote per key asked (`TombstoneCheck`).
+    TombstoneVotes {
+        /// Yes or no, in the order asked.
+        ok: Vec<bool>,
+    },
+    /// Replicas deleted (`CollectTombstones`).
+    Collected {
+        /// How many.
+        count: u64,
     },
     /// (key, clock digest) pairs sorted by key (`SegmentKeys`).
     Digests {

@@ -34,6 +34,7 @@
 //! - `inbound`: answering peers' requests.
 //! - `handoff`: hinted handoff delivery.
 //! - `aae`: active anti-entropy exchanges with the other owners of each partition.
+//! - `gc`: tombstone collection at causal stability; reclaiming deleted buckets' objects.
 //! - [`cluster`]: the layout the node follows, layout consensus, status polls, partition sync,
 //!   hints for removed members ([`crate::layout`], [`crate::paxos`]).
 //!
@@ -54,6 +55,7 @@
 mod aae;
 pub mod buckets;
 pub mod cluster;
+mod gc;
 mod handoff;
 mod inbound;
 pub mod keys;
@@ -80,6 +82,7 @@ use crate::vclock::VersionVector;
 pub use aae::{AaeStatus, DEFAULT_ANTI_ENTROPY_INTERVAL_MS};
 pub use buckets::{BucketEntry, BucketInfo, ConflictPolicy};
 pub use cluster::{ClusterState, LayoutOutcome, SavedCursor, SavedSync};
+pub use gc::{DEFAULT_TOMBSTONE_GRACE_MS, GcStatus};
 pub use keys::{HintKey, ObjectKey};
 pub use messages::{
     ListEntry, NodeStatus, Request, Response, SyncProgress, WriteOp, WriteOutcome, WriteRequest,
@@ -144,6 +147,9 @@ pub struct Config {
     pub handoff_rate_bytes: u64,
     /// Every owned partition is compared with another owner once per this many ms (0: off).
     pub anti_entropy_interval_ms: Millis,
+    /// A delete's tombstone may be collected once this old and causally stable; deleted
+    /// buckets' objects are reclaimed this long after the delete (`None`: never).
+    pub tombstone_grace_ms: Option<Millis>,
     /// The planted bug this node runs with (simulator only).
     #[cfg(feature = "mutants")]
     pub mutant: Option<Mutant>,
@@ -172,6 +178,7 @@ impl Config {
             full_read_every: DEFAULT_FULL_READ_EVERY,
             handoff_rate_bytes: DEFAULT_HANDOFF_RATE_BYTES,
             anti_entropy_interval_ms: aae::DEFAULT_ANTI_ENTROPY_INTERVAL_MS,
+            tombstone_grace_ms: Some(gc::DEFAULT_TOMBSTONE_GRACE_MS),
             #[cfg(feature = "mutants")]
             mutant: None,
         }
@@ -203,11 +210,14 @@ pub enum Mutant {
     /// branch's offset, so it compares and repairs the wrong segments' keys (caught only with
     /// anti-entropy on: a replaced disk never gets those keys back).
     AaeSegmentOffset,
+    /// Tombstones are collected once the grace has passed, without asking the other nodes
+    /// (Cassandra's `gc_grace_seconds`): an owner that missed the delete brings the value back.
+    CollectWithoutVotes,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 7] = [
+    pub const ALL: [Mutant; 8] = [
         Mutant::ForwardRetryAfterTimeout,
         Mutant::HintDroppedOnRestart,
         Mutant::QuorumBeforeLocalSync,
@@ -215,6 +225,7 @@ impl Mutant {
         Mutant::StaleReadRepair,
         Mutant::SkipPartitionSync,
         Mutant::AaeSegmentOffset,
+        Mutant::CollectWithoutVotes,
     ];
 
     /// The mutant's name on the command line.
@@ -227,6 +238,7 @@ impl Mutant {
             Mutant::StaleReadRepair => "stale-read-repair",
             Mutant::SkipPartitionSync => "skip-partition-sync",
             Mutant::AaeSegmentOffset => "aae-segment-offset",
+            Mutant::CollectWithoutVotes => "collect-without-votes",
         }
     }
 
@@ -542,6 +554,12 @@ pub struct Stats {
     pub aae_keys_repaired: u64,
     /// Anti-entropy exchanges abandoned (a peer or the store failed, the layout changed).
     pub aae_failures: u64,
+    /// Tombstones deleted here at causal stability.
+    pub tombstones_collected: u64,
+    /// Collection rounds this node led to the end.
+    pub tombstone_rounds: u64,
+    /// Objects of deleted bucket incarnations deleted here.
+    pub objects_reclaimed: u64,
 }
 
 /// What a timer does when it fires.
@@ -581,6 +599,8 @@ enum MsgCont {
     Status { node: NodeId, pull: bool },
     SyncPage { source: NodeId, hints: bool, started: u64 },
     Aae { id: u64 },
+    GcVote { id: u64, node: NodeId },
+    GcCollect { id: u64, node: NodeId },
 }
 
 /// Where the continuation of a store operation goes.
@@ -654,6 +674,18 @@ enum StoreCont {
     Aae {
         id: u64,
     },
+    GcScan,
+    GcCollected {
+        id: u64,
+    },
+    GcVersions {
+        id: InboundId,
+        keys: Vec<(ObjectKey, VersionVector)>,
+    },
+    GcInbound {
+        id: InboundId,
+    },
+    Reclaimed,
 }
 
 /// Who gets the outcome of a write.
@@ -703,6 +735,8 @@ pub struct NodeCore {
     paced_until: Millis,
     /// Active anti-entropy.
     aae: aae::AaeCore,
+    /// Tombstone collection and reclaiming.
+    gc: gc::GcCore,
     /// Counters.
     pub stats: Stats,
 }
@@ -754,6 +788,7 @@ impl NodeCore {
             ticks: 0,
             paced_until: 0,
             aae: aae::AaeCore::default(),
+            gc: gc::GcCore::default(),
             stats: Stats::default(),
         };
         core.init_cluster(restored)?;
@@ -948,6 +983,8 @@ impl NodeCore {
                 self.sync_page(source, hints, started, result)
             }
             MsgCont::Aae { id } => self.aae_reply(id, result),
+            MsgCont::GcVote { id, node } => self.gc_vote(id, node, result),
+            MsgCont::GcCollect { id, node } => self.gc_collected(id, node, None),
         }
     }
 
@@ -1007,6 +1044,7 @@ impl NodeCore {
                 self.registry_pull = false;
                 if let Ok(StoreResult::Changed(n)) = result {
                     self.stats.registry_synced += n as u64;
+                    self.gc.registry_pulled = true;
                 }
             }
             StoreCont::LocalList { flow } => {
@@ -1024,6 +1062,14 @@ impl NodeCore {
             }
             StoreCont::Cleaned { version } => self.cleaned(version, result),
             StoreCont::Aae { id } => self.aae_stored(id, result),
+            StoreCont::GcScan => self.gc_scanned(result),
+            StoreCont::GcCollected { id } => {
+                let me = self.config.id.clone();
+                self.gc_collected(id, me, Some(result))
+            }
+            StoreCont::GcVersions { id, keys } => self.gc_versions(id, keys, result),
+            StoreCont::GcInbound { id } => self.gc_inbound_collected(id, result),
+            StoreCont::Reclaimed => self.reclaimed(result),
         }
     }
 
@@ -1154,6 +1200,8 @@ fn describe(r: &Response) -> String {
         Response::Page { .. } => "an unexpected Page".into(),
         Response::Hashes { .. } => "an unexpected Hashes".into(),
         Response::Digests { .. } => "an unexpected Digests".into(),
+        Response::TombstoneVotes { .. } => "an unexpected TombstoneVotes".into(),
+        Response::Collected { .. } => "an unexpected Collected".into(),
     }
 }
 

@@ -45,6 +45,10 @@ pub struct LocalWrite {
     pub actor: Actor,
     /// Most siblings the result may hold.
     pub max_siblings: usize,
+    /// The new dot's counter is above this: set by the store to the highest counter of any set
+    /// it has deleted (collected tombstones, dropped partitions), so that a key whose history is
+    /// gone here never gets one of its old dots again. 0 from the protocol.
+    pub counter_floor: u64,
 }
 
 impl LocalWrite {
@@ -64,7 +68,8 @@ impl LocalWrite {
         } else {
             self.context.unwrap_or_default()
         };
-        let dot = set.write(&ctx, self.value, &self.actor, self.max_siblings)?;
+        let dot =
+            set.write_above(&ctx, self.value, &self.actor, self.max_siblings, self.counter_floor)?;
         if lww {
             set.resolve_lww();
         }
@@ -248,6 +253,36 @@ pub trait LocalStore {
     /// Q), sorted by key.
     fn segment_keys(&self, partition: u32, segments: &[u16]) -> Result<Vec<(ObjectKey, u64)>>;
 
+    /// Tombstone-only replicas of keys in `partitions` (sorted; out of the trees' Q) whose newest
+    /// delete is older than `grace_ms` by the store's wall clock: (key, the set's version
+    /// vector), at most `limit`. One walk over the keys; content is never decoded.
+    fn tombstone_candidates(
+        &self,
+        partitions: &[u32],
+        grace_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, VersionVector)>>;
+
+    /// Deletes the replica of each key whose set is still exactly the tombstone-only set with
+    /// the given version vector (atomically per key: a write or merge since leaves it), after
+    /// durably raising the store's counter floor to the highest counter those sets hold
+    /// ([`LocalWrite::counter_floor`]). Returns how many it deleted.
+    fn collect_tombstones(&self, keys: &[(ObjectKey, VersionVector)]) -> Result<u64>;
+
+    /// Deletes replicas nobody needs: of bucket incarnations that are no longer live (a key whose
+    /// bucket's registry entry here ended its incarnation: [`incarnation_ended`] with
+    /// `spec.grace_ms` by the store's wall clock), and — with `spec.owned` — replicas of keys in
+    /// partitions this node does not own for which it holds no hint for any of
+    /// `spec.hint_owners` (a fallback coordinator's own copy, once its hints are delivered).
+    /// Looks at most at [`SCAN_MAX_KEYS`] keys after `after`; returns how many it deleted and
+    /// the next cursor (`None`: the keyspace is done). Raises the counter floor like
+    /// [`LocalStore::collect_tombstones`].
+    fn reclaim(
+        &self,
+        spec: &ReclaimSpec<'_>,
+        after: Option<&[u8]>,
+    ) -> Result<(u64, Option<Vec<u8>>)>;
+
     /// Merges every set into its key's replica; durable when it returns.
     fn apply_batch(&self, entries: &[(ObjectKey, SiblingSet)]) -> Result<()> {
         for (key, set) in entries {
@@ -263,6 +298,68 @@ pub trait LocalStore {
         let _ = (key, set);
         Err(Error::Internal("this store does not run mutants".into()))
     }
+}
+
+/// What [`LocalStore::reclaim`] deletes.
+#[derive(Debug, Clone, Copy)]
+pub struct ReclaimSpec<'a> {
+    /// Minimum age of the registry change that ended an incarnation, ms.
+    pub grace_ms: u64,
+    /// Q.
+    pub partitions_total: u32,
+    /// The partitions this node owns (sorted), when the layout is stable: replicas of other
+    /// partitions without a hint here are deleted. `None`: leave them.
+    pub owned: Option<&'a [u32]>,
+    /// Every owner a hint may be held for.
+    pub hint_owners: &'a [NodeId],
+}
+
+impl ReclaimSpec<'_> {
+    /// Whether a replica of `key` is a copy this node need not keep because of where it is:
+    /// not owned here, and no hint for it held here (`hinted` tells for one owner).
+    pub fn unowned_copy(
+        &self,
+        key: &ObjectKey,
+        mut hinted: impl FnMut(&NodeId) -> Result<bool>,
+    ) -> Result<bool> {
+        let Some(owned) = self.owned else { return Ok(false) };
+        if in_partitions(key.hash(), self.partitions_total, owned) {
+            return Ok(false);
+        }
+        for o in self.hint_owners {
+            if hinted(o)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Whether the bucket registry entry `entry` (of the object's bucket name, as held here) has
+/// ended incarnation `incarnation`: no sibling of it is that incarnation alive, its newest
+/// change (a delete or another incarnation's creation) is at least `grace_ms` old at `now_ms`,
+/// and the object's newest version (`newest_ms`) is older than that change — so the object
+/// cannot belong to an incarnation created after what this registry knows. The rule
+/// [`LocalStore::reclaim`] deletes by. No entry: never.
+pub fn incarnation_ended(
+    entry: Option<&SiblingSet<BucketEntry>>,
+    incarnation: u64,
+    newest_ms: u64,
+    now_ms: u64,
+    grace_ms: u64,
+) -> bool {
+    let Some(set) = entry else { return false };
+    if set.values().any(|e| !e.deleted && e.incarnation == incarnation) {
+        return false;
+    }
+    let Some(changed) = set.values().map(|e| e.created_ms).max() else { return false };
+    changed.saturating_add(grace_ms) <= now_ms && newest_ms < changed
+}
+
+/// The highest counter in a version vector (what a store raises its counter floor to before it
+/// deletes a set).
+pub fn max_counter(vv: &VersionVector) -> u64 {
+    vv.iter().map(|(_, c)| c).max().unwrap_or(0)
 }
 
 /// Most keys one [`LocalStore::scan_partitions`] call looks at.
@@ -500,6 +597,38 @@ pub enum StoreOp {
         /// Keys to read afterwards.
         want: Vec<ObjectKey>,
     },
+    /// The version vectors of the replicas of `keys` (without hints; `None`: none held).
+    Versions {
+        /// The keys.
+        keys: Vec<ObjectKey>,
+    },
+    /// [`LocalStore::tombstone_candidates`].
+    TombstoneCandidates {
+        /// The partitions, sorted.
+        partitions: Vec<u32>,
+        /// Minimum age of the newest delete, ms.
+        grace_ms: u64,
+        /// Most candidates.
+        limit: usize,
+    },
+    /// [`LocalStore::collect_tombstones`].
+    CollectTombstones {
+        /// Keys and the exact version vectors of the tombstone-only sets to delete.
+        keys: Vec<(ObjectKey, VersionVector)>,
+    },
+    /// [`LocalStore::reclaim`].
+    Reclaim {
+        /// Minimum age of the registry entry that ended an incarnation, ms.
+        grace_ms: u64,
+        /// Q.
+        partitions_total: u32,
+        /// Owned partitions (sorted), when the layout is stable.
+        owned: Option<Vec<u32>>,
+        /// Every owner a hint may be held for.
+        hint_owners: Vec<NodeId>,
+        /// Cursor (an engine key).
+        after: Option<Vec<u8>>,
+    },
     /// [`LocalStore::overwrite`] (mutant `stale-read-repair` only).
     #[cfg(feature = "mutants")]
     Overwrite {
@@ -555,9 +684,15 @@ pub enum StoreResult {
     Page(ScanPage),
     /// Of `TreeHashes`.
     Hashes(Vec<u64>),
+    /// Of `Versions`.
+    Versions(Vec<Option<VersionVector>>),
+    /// Of `TombstoneCandidates`.
+    Tombstones(Vec<(ObjectKey, VersionVector)>),
+    /// Of `CollectTombstones`: replicas deleted.
+    Collected(u64),
     /// Of `SegmentKeys`.
     Digests(Vec<(ObjectKey, u64)>),
-    /// Of `DropPartitions`: keys deleted, and the next cursor.
+    /// Of `DropPartitions` and `Reclaim`: keys deleted, and the next cursor.
     Dropped(u64, Option<Vec<u8>>),
 }
 
@@ -627,6 +762,29 @@ pub fn execute<S: LocalStore + ?Sized>(store: &S, op: StoreOp) -> Result<StoreRe
         }
         StoreOp::SegmentKeys { partition, segments } => {
             StoreResult::Digests(store.segment_keys(partition, &segments)?)
+        }
+        StoreOp::Versions { keys } => {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                out.push(store.read(&key, &[])?.map(|s| s.join()));
+            }
+            StoreResult::Versions(out)
+        }
+        StoreOp::TombstoneCandidates { partitions, grace_ms, limit } => {
+            StoreResult::Tombstones(store.tombstone_candidates(&partitions, grace_ms, limit)?)
+        }
+        StoreOp::CollectTombstones { keys } => {
+            StoreResult::Collected(store.collect_tombstones(&keys)?)
+        }
+        StoreOp::Reclaim { grace_ms, partitions_total, owned, hint_owners, after } => {
+            let spec = ReclaimSpec {
+                grace_ms,
+                partitions_total,
+                owned: owned.as_deref(),
+                hint_owners: &hint_owners,
+            };
+            let (n, next) = store.reclaim(&spec, after.as_deref())?;
+            StoreResult::Dropped(n, next)
         }
         StoreOp::Repair { entries, want } => {
             if !entries.is_empty() {

@@ -15,12 +15,13 @@ fn core(me: &str) -> NodeCore {
     core_with(me, 0)
 }
 
-/// A node with anti-entropy every `aae_ms` (0: off, so that the tests of single rules see no
-/// exchange traffic).
+/// A node with anti-entropy every `aae_ms` (0: off) and no tombstone collection, so that the
+/// tests of single rules see no background traffic.
 fn core_with(me: &str, aae_ms: Millis) -> NodeCore {
     let members: Vec<NodeId> = IDS.iter().map(|s| id(s)).collect();
     let mut config = Config::new(id(me), members.clone(), 64, 3, 2, 2);
     config.anti_entropy_interval_ms = aae_ms;
+    config.tombstone_grace_ms = None;
     let mut c = NodeCore::new(config, Actor::new(id(me), 7), Vec::new(), None, 1, 0).unwrap();
     c.step(0, Event::View { up: members.into_iter().collect() });
     // The first save of the cluster state (not what these tests look at).

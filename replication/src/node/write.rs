@@ -244,6 +244,7 @@ impl NodeCore {
             lww: req.lww,
             actor: self.actor.clone(),
             max_siblings: self.config.max_siblings,
+            counter_floor: 0,
         };
         let hint_owners: Vec<NodeId> = local_hint.iter().chain(&uncovered).cloned().collect();
         let flow = self.fresh_id();

@@ -9,6 +9,12 @@
 //! Partitions exist only with Docker (`docker network disconnect` / `connect --ip`): on loopback
 //! there is no safe way to cut one process from the others without root-wide firewall rules that
 //! would touch every other program on the machine, so local runs use kill and pause only.
+//!
+//! A disk wipe ([`Cluster::wipe`]) kills the node with SIGKILL and deletes what holds its data:
+//! locally its `--data-dir` under the run directory; in Docker the container itself (its
+//! writable layer) and the named volume mounted on its data directory, which the next
+//! [`Cluster::restart`] creates afresh with `compose up --no-deps` of that one service (the same
+//! id, environment and address; the image's empty `/data` is copied into the new volume).
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -52,6 +58,8 @@ pub const LOCAL_HEARTBEAT_MS: u64 = 200;
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest a `docker` / `docker-compose` command may run.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(180);
+/// Where the node in the image keeps its data (the Dockerfile's `CAIRN_DATA_DIR`).
+const DOCKER_DATA_DIR: &str = "/data";
 
 /// State of one node as the harness left it.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -59,6 +67,9 @@ struct Faults {
     killed: bool,
     paused: bool,
     disconnected: bool,
+    /// Killed and its data deleted: the restart starts it on an empty disk (in Docker a new
+    /// container and volume).
+    wiped: bool,
 }
 
 /// A cluster under test.
@@ -197,7 +208,7 @@ impl Local {
             .arg("node")
             .args(["--id", &self.ids[i]])
             .arg("--data-dir")
-            .arg(self.dir.join(&self.ids[i]))
+            .arg(self.data_dir(i))
             .args(["--http", &self.http[i], "--p2p", &self.p2p[i]])
             .args(["--bootstrap", &bootstrap.join(",")])
             .args(if i < self.founders {
@@ -238,6 +249,24 @@ impl Local {
             started().0.retain(|p| *p != c.id());
         }
         self.faults[i].killed = true;
+        Ok(())
+    }
+
+    /// Node i's data directory.
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(&self.ids[i])
+    }
+
+    /// `kill -9` node i and delete its data directory (the node stays down until restarted).
+    fn wipe(&mut self, i: usize) -> Result<()> {
+        self.kill9(i)?;
+        let dir = self.data_dir(i);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Fault(format!("deleting {}: {e}", dir.display()))),
+        }
+        self.faults[i].wiped = true;
         Ok(())
     }
 
@@ -338,6 +367,99 @@ impl Docker {
     fn docker(args: &[&str]) -> Result<String> {
         run(Command::new("docker").args(args))
     }
+
+    /// The compose service of node i.
+    fn service(i: usize) -> String {
+        format!("n{}", i + 1)
+    }
+
+    /// Node i's container id, as compose reports it for its service.
+    fn container_of(&self, i: usize) -> Result<String> {
+        let id = run(self.compose().args(["ps", "-q", &Docker::service(i)]))?;
+        if id.is_empty() {
+            return Err(Error::Fault(format!(
+                "compose service {} has no container",
+                Docker::service(i)
+            )));
+        }
+        Ok(id)
+    }
+
+    /// `kill -9` node i, then delete its disk: the container (with its writable layer and any
+    /// anonymous volume) and the named volume on [`DOCKER_DATA_DIR`]. A bind mount there is
+    /// refused before anything is killed: the harness does not delete host directories.
+    fn wipe(&mut self, i: usize) -> Result<()> {
+        let c = self.containers[i].clone();
+        // One mount per line: type, name (volumes only), destination.
+        let mounts = Docker::docker(&[
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}}{{println}}{{end}}",
+            &c,
+        ])?;
+        let mut volume = None;
+        for line in mounts.lines() {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            match parts.as_slice() {
+                ["volume", name, dest] if *dest == DOCKER_DATA_DIR => {
+                    volume = Some(name.to_string())
+                }
+                [kind, .., dest] if *dest == DOCKER_DATA_DIR => {
+                    return Err(Error::Fault(format!(
+                        "{}: {DOCKER_DATA_DIR} is a {kind} mount, not a volume: not wiped",
+                        Docker::service(i)
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if self.faults[i].paused {
+            Docker::docker(&["unpause", &c])?;
+            self.faults[i].paused = false;
+        }
+        Docker::docker(&["kill", "-s", "KILL", &c])?;
+        self.faults[i].killed = true;
+        Docker::docker(&["rm", "-f", "-v", &c])?;
+        self.faults[i].wiped = true;
+        // Removed with the container: no longer on the network either.
+        self.faults[i].disconnected = false;
+        if let Some(v) = volume {
+            Docker::docker(&["volume", "rm", &v])?;
+        }
+        Ok(())
+    }
+
+    /// Starts node i's service again after a wipe: compose creates its container and its volume
+    /// anew (same id, environment, address), and the harness follows the new container id.
+    fn recreate(&mut self, i: usize) -> Result<()> {
+        run(self.compose().args(["up", "-d", "--no-deps", &Docker::service(i)]))?;
+        self.containers[i] = self.container_of(i)?;
+        Ok(())
+    }
+}
+
+/// Writes a compose file that sets `env` on the services `n1..n{services}`, to be layered on
+/// the cluster's compose files (`Docker::with_overlays`): how the harness gives every node of a
+/// run settings the deployment's files leave to their defaults, without editing them.
+pub fn write_env_overlay(path: &Path, services: usize, env: &[(&str, &str)]) -> Result<()> {
+    let mut text = String::from(
+        "# Written by cairn-faults for its runs: settings of every node, layered on the\n\
+         # cluster's compose files. Rewritten at each Docker run.\n\
+         version: \"2.4\"\nservices:\n",
+    );
+    for i in 1..=services {
+        text.push_str(&format!("  n{i}:\n    environment:\n"));
+        for (k, v) in env {
+            // A JSON string is a YAML double-quoted scalar.
+            let quoted = serde_json::Value::String((*v).to_string()).to_string();
+            text.push_str(&format!("      {k}: {quoted}\n"));
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Setup(format!("{}: {e}", dir.display())))?;
+    }
+    std::fs::write(path, text).map_err(|e| Error::Setup(format!("{}: {e}", path.display())))
 }
 
 impl Cluster {
@@ -385,12 +507,10 @@ impl Cluster {
                 down.extend(["down", "-v", "--timeout", "10"].map(String::from));
                 started().1 = Some(down);
                 run(d.compose().args(["up", "-d"]))?;
-                d.containers = (1..=d.http.len())
-                    .map(|i| run(d.compose().args(["ps", "-q", &format!("n{i}")])))
-                    .collect::<Result<_>>()?;
-                if d.containers.iter().any(String::is_empty) {
-                    return Err(Error::Setup("a compose service has no container".into()));
-                }
+                d.containers = (0..d.http.len())
+                    .map(|i| d.container_of(i))
+                    .collect::<Result<_>>()
+                    .map_err(|e| Error::Setup(e.to_string()))?;
                 Ok(())
             }
         }
@@ -424,15 +544,27 @@ impl Cluster {
         }
     }
 
-    /// Starts node i again on its data.
+    /// `kill -9` node i and delete its data (it stays down until [`Cluster::restart`], which
+    /// starts it with the same id and flags on an empty disk).
+    pub fn wipe(&mut self, i: usize) -> Result<()> {
+        match self {
+            Cluster::Local(l) => l.wipe(i),
+            Cluster::Docker(d) => d.wipe(i),
+        }
+    }
+
+    /// Starts node i again on its data (after a wipe: on an empty disk).
     pub fn restart(&mut self, i: usize) -> Result<()> {
         match self {
             Cluster::Local(l) => l.spawn(i)?,
+            Cluster::Docker(d) if d.faults[i].wiped => d.recreate(i)?,
             Cluster::Docker(d) => {
                 Docker::docker(&["start", &d.containers[i]])?;
             }
         }
-        self.faults_mut(i).killed = false;
+        let f = self.faults_mut(i);
+        f.killed = false;
+        f.wiped = false;
         Ok(())
     }
 

@@ -239,11 +239,8 @@ impl KeyFacts {
     }
 }
 
-/// Checks the final `views` (key -> node -> view) against the history `ops`.
-///
-/// Keys that appear in `ops` but not in `views` are reported as unreadable on every node (the
-/// caller must read every key it wrote).
-pub fn check(ops: &[Op], views: &BTreeMap<String, BTreeMap<String, View>>) -> Verdict {
+/// What the history says about each key.
+fn facts(ops: &[Op]) -> BTreeMap<&str, KeyFacts> {
     let mut facts: BTreeMap<&str, KeyFacts> = BTreeMap::new();
     for op in ops {
         let f = facts.entry(op.key.as_str()).or_default();
@@ -273,7 +270,35 @@ pub fn check(ops: &[Op], views: &BTreeMap<String, BTreeMap<String, View>>) -> Ve
             }
         }
     }
+    facts
+}
 
+/// The acknowledged elements each key must still hold, by the rule of **lost** below: those no
+/// operation that may have been applied dropped (a delete whose read saw them). A key with such
+/// an element must be live in every final view; keys without one (never acknowledged, or every
+/// acknowledged element seen by a delete) are left out: they may end deleted. The disk-wipe
+/// check (`wipe.rs`) waits until every owner holds these before the read-back repairs anything.
+pub fn required(ops: &[Op]) -> BTreeMap<String, BTreeSet<String>> {
+    facts(ops)
+        .into_iter()
+        .filter_map(|(key, f)| {
+            let must: BTreeSet<String> = f
+                .written
+                .iter()
+                .filter(|(e, o)| **o == Outcome::Ok && !f.dropped.contains(*e))
+                .map(|(e, _)| e.clone())
+                .collect();
+            (!must.is_empty()).then(|| (key.to_string(), must))
+        })
+        .collect()
+}
+
+/// Checks the final `views` (key -> node -> view) against the history `ops`.
+///
+/// Keys that appear in `ops` but not in `views` are reported as unreadable on every node (the
+/// caller must read every key it wrote).
+pub fn check(ops: &[Op], views: &BTreeMap<String, BTreeMap<String, View>>) -> Verdict {
+    let facts = facts(ops);
     let mut v = Verdict { keys: facts.len(), ..Verdict::default() };
     for (key, f) in &facts {
         v.acknowledged += f.written.values().filter(|o| **o == Outcome::Ok).count();
@@ -485,6 +510,26 @@ mod tests {
         // An older version (a's, which b's version superseded) is covered too.
         let older = check(&ops, &views("k", &[found(&[&["a"]])]));
         assert_eq!(older.resurrected, 1, "{older:?}");
+    }
+
+    #[test]
+    fn required_elements_are_the_acknowledged_ones_no_delete_saw() {
+        let ops = vec![
+            write(0, "dr", "a", &[], Outcome::Ok),
+            delete(0, "dr", &["a"], Outcome::Indeterminate),
+            write(0, "dr", "b", &[], Outcome::Ok),
+            write(0, "dr", "c", &["b"], Outcome::Indeterminate),
+            write(1, "gone", "x", &[], Outcome::Ok),
+            delete(1, "gone", &["x"], Outcome::Ok),
+            write(2, "never", "y", &[], Outcome::Failed),
+            write(2, "maybe", "z", &[], Outcome::Indeterminate),
+        ];
+        let r = required(&ops);
+        assert_eq!(r, BTreeMap::from([("dr".to_string(), set(&["b"]))]));
+        // Consistent with the checker: a view holding them passes, one without them loses them.
+        let dr: Vec<Op> = ops.iter().filter(|o| o.key == "dr").cloned().collect();
+        assert!(check(&dr, &views("dr", &[found(&[&["b", "c"]])])).passed());
+        assert_eq!(check(&dr, &views("dr", &[found(&[&["a"]])])).lost, 1);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Cairn's fault-injection harness, in the manner of Jepsen: start a 4-node cluster (local
 //! `cairn node` processes, or the Docker Compose cluster of `deploy/`), run concurrent clients
-//! while a seeded schedule kills, pauses and partitions nodes, heal, wait until no hint is pending
-//! and the replicas agree, read every key from every node, and check that no acknowledged write
-//! was lost. A second mode kills one node with `kill -9` over and over under `--sync always` and
+//! while a seeded schedule kills, pauses and partitions nodes and wipes one node's disk, heal,
+//! wait until no hint is pending and the wiped node's keys are back, read every key from every
+//! node, check that the replicas agree and that no acknowledged write was lost. A second mode kills one node with `kill -9` over and over under `--sync always` and
 //! checks that every write it acknowledged as a replica survived (crash durability).
 //!
 //! How to run it and the recorded runs: `docs/testing.md`.
@@ -11,12 +11,14 @@
 //! - `history.rs`: operations, final views, and the checker (lost, phantom, resurrected, delete
 //!   markers shown, siblings) under the node's add-wins deletes.
 //! - `schedule.rs`: the seeded fault schedule and its timed actions.
-//! - `cluster.rs`: local processes and Docker Compose containers, with kill/pause/partition/heal.
+//! - `cluster.rs`: local processes and Docker Compose containers, with
+//!   kill/pause/partition/wipe/heal.
 //! - `client.rs`: the HTTP operations (reads resolving siblings) classified into outcomes.
 //! - `workload.rs`: the client loops, the fault executor, the read-back and agreement checks.
 //! - `crash.rs`: the crash-durability mode.
 //! - `membership.rs`: `--membership`, an operator adding a node and decommissioning another
 //!   during the run.
+//! - `wipe.rs`: after a disk wipe, the check that anti-entropy brought the node's keys back.
 //!
 //! Everything but `history` needs the default feature `harness`; without it the crate is only
 //! the checker, which the whole-cluster simulator (`tools/sim`) reuses.
@@ -32,6 +34,8 @@ pub mod history;
 pub mod membership;
 #[cfg(feature = "harness")]
 pub mod schedule;
+#[cfg(feature = "harness")]
+pub mod wipe;
 #[cfg(feature = "harness")]
 pub mod workload;
 

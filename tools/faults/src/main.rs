@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_faults::client::Client;
-use cairn_faults::cluster::{Cluster, Docker, Local};
+use cairn_faults::cluster::{self, Cluster, Docker, Local};
 use cairn_faults::history::{self, Op, Verdict, View};
 use cairn_faults::schedule::{FaultKind, Schedule, Settings};
+use cairn_faults::wipe::{self, WipeReport};
 use cairn_faults::workload::{self, ClientStats, Executed, OpCounts, WorkloadSettings};
 use cairn_faults::{Error, crash};
 use clap::{Parser, ValueEnum};
@@ -45,9 +46,15 @@ enum Mode {
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 enum Kind {
+    /// `kill -9`, restart on its data.
     Kill,
+    /// SIGSTOP / `docker pause`, then resume.
     Pause,
+    /// Cut one or two nodes off the network (Docker only).
     Partition,
+    /// `kill -9`, delete the node's data, restart it on an empty disk: one per run (not with
+    /// --membership or --lww-control).
+    Wipe,
 }
 
 /// Fault-injection harness for Cairn.
@@ -79,8 +86,9 @@ struct Args {
     /// quorum failure comes back as 503 rather than a client timeout).
     #[arg(long, default_value_t = 8_000)]
     op_timeout_ms: u64,
-    /// Fault kinds to draw from (partition needs --cluster docker). Default: all the cluster
-    /// supports.
+    /// Fault kinds (partition needs --cluster docker; wipe, one per run at a seeded time in the
+    /// first half of the fault window, needs anti-entropy and is left out with --membership and
+    /// --lww-control). Default: all the cluster and the run support.
     #[arg(long, value_enum, value_delimiter = ',')]
     faults: Vec<Kind>,
     /// Run on a `?conflict=lww` bucket: the checker must then REPORT lost writes (exit 0 if it
@@ -100,9 +108,26 @@ struct Args {
     /// The `cairn` binary for local nodes (default: next to this program).
     #[arg(long)]
     cairn_bin: Option<PathBuf>,
-    /// Extra flag for every local node (repeatable), e.g. `--node-arg=--sync=always`.
+    /// Extra flag for every local node (repeatable), e.g. `--node-arg=--sync=always` (not
+    /// `--anti-entropy-interval`: see --anti-entropy-interval-ms).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     node_args: Vec<String>,
+    /// Anti-entropy interval of every node the harness starts, in milliseconds (local nodes:
+    /// `--anti-entropy-interval`; Docker: `CAIRN_ANTI_ENTROPY_INTERVAL` through a compose file
+    /// the harness writes next to its records and layers on the others). Short, so that a
+    /// wiped node's keys are back before the read-back; 0 turns it off (and the wipe with it).
+    #[arg(long, default_value_t = 2_000)]
+    anti_entropy_interval_ms: u64,
+    /// Tombstone grace of every node the harness starts, in milliseconds (local:
+    /// `--tombstone-grace`; Docker: `CAIRN_TOMBSTONE_GRACE`): short, so that deletes are
+    /// collected while the faults run, and after the read-back the harness waits for the last
+    /// ones, reads everything again and checks that nothing deleted came back; 0: never collect.
+    #[arg(long, default_value_t = 5_000)]
+    tombstone_grace_ms: u64,
+    /// Longest wait, after the heal and the hints, for the wiped node's keys to be back on
+    /// every owner before the run fails [default: two anti-entropy intervals + 20 s].
+    #[arg(long)]
+    restore_limit_secs: Option<u64>,
     /// Compose file of the Docker cluster.
     #[arg(long, default_value = "deploy/docker-compose.yml")]
     compose_file: PathBuf,
@@ -152,6 +177,8 @@ struct Record<'a> {
     wall_secs: u64,
     /// What the membership driver did (`--membership`).
     membership: Option<&'a cairn_faults::membership::Log>,
+    /// The disk wipe and whether the wiped node's keys came back (runs with one).
+    wipe: Option<&'a WipeReport>,
 }
 
 fn main() -> ExitCode {
@@ -212,6 +239,12 @@ fn build_cluster(args: &Args, seed: u64) -> Result<Cluster, Error> {
             }
             let dir = args.work_dir.join(format!("run-{seed}-{}", std::process::id()));
             let mut extra = args.node_args.clone();
+            extra.extend([
+                "--anti-entropy-interval".to_string(),
+                format!("{}ms", args.anti_entropy_interval_ms),
+                "--tombstone-grace".to_string(),
+                grace_flag(args.tombstone_grace_ms),
+            ]);
             if args.mode == Mode::Crash {
                 extra.extend(["--sync".to_string(), "always".to_string()]);
             }
@@ -221,23 +254,35 @@ fn build_cluster(args: &Args, seed: u64) -> Result<Cluster, Error> {
             }
             Ok(Cluster::Local(Local::new(&bin, &dir, 4, &extra)?))
         }
-        ClusterKind::Docker if args.membership => {
+        ClusterKind::Docker => {
             let secret = format!("fault harness secret {seed:016x}");
-            let spare = args.compose_file.with_file_name("docker-compose.spare.yml");
-            if !spare.exists() {
-                return Err(Error::Setup(format!("{} is missing", spare.display())));
+            let mut overlays = Vec::new();
+            if args.membership {
+                let spare = args.compose_file.with_file_name("docker-compose.spare.yml");
+                if !spare.exists() {
+                    return Err(Error::Setup(format!("{} is missing", spare.display())));
+                }
+                overlays.push(spare);
             }
+            let n = if args.membership { 5 } else { 4 };
+            let env = args.work_dir.join(format!("compose-env-{}.yml", args.project));
+            let interval = format!("{}ms", args.anti_entropy_interval_ms);
+            cluster::write_env_overlay(
+                &env,
+                n,
+                &[
+                    ("CAIRN_ANTI_ENTROPY_INTERVAL", &interval),
+                    ("CAIRN_TOMBSTONE_GRACE", &grace_flag(args.tombstone_grace_ms)),
+                ],
+            )?;
+            overlays.push(env);
             Ok(Cluster::Docker(Docker::with_overlays(
                 &args.compose_file,
-                &[spare],
-                5,
+                &overlays,
+                n,
                 &args.project,
                 &secret,
             )))
-        }
-        ClusterKind::Docker => {
-            let secret = format!("fault harness secret {seed:016x}");
-            Ok(Cluster::Docker(Docker::new(&args.compose_file, &args.project, &secret)))
         }
     }
 }
@@ -305,6 +350,17 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         args.cluster, args.mode
     );
 
+    // Refuse a wipe this run cannot have before anything is started.
+    let wipe = if args.mode != Mode::Faults {
+        false
+    } else if let Some(s) = &replay {
+        // A replayed record may hold a wipe the flags of this run do not allow.
+        s.wipe().is_none() || wipe_allowed(&args, true)?
+    } else {
+        let explicit = args.faults.contains(&Kind::Wipe);
+        (explicit || args.faults.is_empty()) && wipe_allowed(&args, explicit)?
+    };
+
     let mut cluster = build_cluster(&args, seed)?;
     let client = Client::new(bucket, Duration::from_millis(args.op_timeout_ms))?;
     cluster.start()?;
@@ -356,6 +412,7 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
                 passed,
                 wall_secs: wall.elapsed().as_secs(),
                 membership: None,
+                wipe: None,
             },
         )?;
         if !passed {
@@ -371,18 +428,20 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
     let schedule = match replay {
         Some(s) => s,
         None => {
-            let mut kinds: Vec<FaultKind> = if args.faults.is_empty() {
+            let asked: Vec<Kind> = if args.faults.is_empty() {
                 vec![Kind::Kill, Kind::Pause, Kind::Partition]
             } else {
                 args.faults.clone()
-            }
-            .into_iter()
-            .map(|k| match k {
-                Kind::Kill => FaultKind::Kill,
-                Kind::Pause => FaultKind::Pause,
-                Kind::Partition => FaultKind::Partition,
-            })
-            .collect();
+            };
+            let mut kinds: Vec<FaultKind> = asked
+                .into_iter()
+                .filter_map(|k| match k {
+                    Kind::Kill => Some(FaultKind::Kill),
+                    Kind::Pause => Some(FaultKind::Pause),
+                    Kind::Partition => Some(FaultKind::Partition),
+                    Kind::Wipe => None,
+                })
+                .collect();
             if !cluster.can_partition() {
                 kinds.retain(|k| *k != FaultKind::Partition);
             }
@@ -395,14 +454,33 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
                 cooldown_ms: 5_000,
                 gap_ms: (1_000, 4_000),
                 length_ms: (1_500, 8_000),
+                wipe,
             })
         }
     };
     if schedule.faults.iter().any(|f| f.kind == FaultKind::Partition) && !cluster.can_partition() {
         return Err(Error::Setup("the schedule partitions nodes: use --cluster docker".into()));
     }
+    let faults_by_kind = |k: FaultKind| schedule.faults.iter().filter(|f| f.kind == k).count();
     let duration = Duration::from_millis(schedule.settings.duration_ms);
-    eprintln!("{} faults scheduled over {duration:?}; workload starts", schedule.faults.len());
+    eprintln!(
+        "{} faults scheduled over {duration:?} (kill {}, pause {}, partition {}, wipe {}); workload starts",
+        schedule.faults.len(),
+        faults_by_kind(FaultKind::Kill),
+        faults_by_kind(FaultKind::Pause),
+        faults_by_kind(FaultKind::Partition),
+        faults_by_kind(FaultKind::Wipe),
+    );
+    let ids = cluster.ids();
+    let mut wipe_report = schedule.wipe().and_then(|w| {
+        let node = w.targets.first().and_then(|i| ids.get(*i))?;
+        eprintln!(
+            "disk wipe: {node} at {:.1} s, restarted on an empty disk at {:.1} s",
+            w.start_ms as f64 / 1000.0,
+            (w.start_ms + w.duration_ms) as f64 / 1000.0
+        );
+        Some(WipeReport { node: node.clone(), planned_ms: w.start_ms, ..WipeReport::default() })
+    });
 
     // Workload and faults, concurrently.
     let nodes = Arc::new(cluster.http().to_vec());
@@ -467,7 +545,7 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
     for e in cluster.heal() {
         eprintln!("heal: {e}");
     }
-    let ids = cluster.ids();
+    let healed = Instant::now();
     let nodes = cluster.http().to_vec();
     let mut converged = wait_up(&client, &cluster).await;
     let membership = match driver {
@@ -492,8 +570,33 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         eprintln!("hints still pending after {settle:?}");
     }
     converged &= hints_drained;
+    // Before anything reads through a coordinator (the preference lists' `?meta=true` reads
+    // repair too): the wiped node's keys must be back on every owner by anti-entropy alone.
+    let required = history::required(&ops);
+    let mut restore = wipe::Restore::default();
+    if let Some(w) = wipe_report.as_mut() {
+        w.note_actions(&executed, &ids);
+        let limit = match args.restore_limit_secs {
+            Some(s) => Duration::from_secs(s),
+            None => wipe::restore_limit(Duration::from_millis(args.anti_entropy_interval_ms)),
+        };
+        eprintln!(
+            "restore check: up to {limit:?} for {} live keys to be on {} nodes (local reads, \
+             no repair), {:.1} s after the heal",
+            required.len(),
+            wipe::REPLICAS,
+            healed.elapsed().as_secs_f64()
+        );
+        restore = wipe::wait_restored(&client, &nodes, &ids, &required, limit).await;
+        w.note_restore(&restore, required.len(), limit, healed);
+        (w.aae_keys_repaired, w.aae_exchanges) = wipe::aae_counters(&client, &nodes).await;
+    }
     let keys: BTreeSet<String> = ops.iter().map(|o| o.key.clone()).collect();
     let pref = workload::pref_lists(&client, &nodes[0], &keys).await;
+    if let Some(w) = wipe_report.as_mut() {
+        (w.owned, w.owned_missing) = wipe::owned_by(&w.node, &required, &restore.holders, &pref);
+        eprintln!("disk wipe: {}", w.describe());
+    }
     let mut views = BTreeMap::new();
     let mut disagreeing = keys.len();
     for round in 0..CONVERGE_ROUNDS {
@@ -518,7 +621,20 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
     }
     converged &= disagreeing == 0;
     let verdict = history::check(&ops, &views);
-    let faults_by_kind = |k: FaultKind| schedule.faults.iter().filter(|f| f.kind == k).count();
+    // Collection: the last deletes' tombstones go once the grace has passed; then everything
+    // is read again, and nothing deleted may have come back.
+    let mut after_collection = None;
+    if args.tombstone_grace_ms > 0 && !args.lww_control {
+        let wait = Duration::from_millis(args.tombstone_grace_ms) + COLLECTION_SLACK;
+        eprintln!(
+            "collection: waiting {wait:?} for the last tombstones, then reading everything again"
+        );
+        tokio::time::sleep(wait).await;
+        let again = workload::read_all(&client, &nodes, &ids, &keys, false).await;
+        let v = history::check(&ops, &again);
+        let (collected, reclaimed) = wipe::collection_counters(&client, &nodes).await;
+        after_collection = Some((v, collected, reclaimed));
+    }
     let fault_errors = executed.iter().filter(|e| e.error.is_some()).count();
     for e in executed.iter().filter(|e| e.error.is_some()).take(10) {
         eprintln!(
@@ -536,7 +652,15 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         && verdict.resurrected == 0
         && verdict.markers_shown == 0
         && verdict.unreadable == 0;
-    let passed = if args.lww_control { verdict.lost > 0 } else { safe && siblings_ok && converged };
+    let wipe_ok = wipe_report.as_ref().is_none_or(WipeReport::passed);
+    let collection_ok = after_collection.as_ref().is_none_or(|(v, _, _)| {
+        v.lost == 0 && v.phantom == 0 && v.resurrected == 0 && v.markers_shown == 0
+    });
+    let passed = if args.lww_control {
+        verdict.lost > 0
+    } else {
+        safe && siblings_ok && converged && wipe_ok && collection_ok
+    };
     let reads_failed: u64 = stats.iter().map(|s| s.reads_failed).sum();
     let max_read = stats.iter().map(|s| s.max_versions_read).max().unwrap_or(0);
     let markers_read: u64 = stats.iter().map(|s| s.markers_read).sum();
@@ -552,12 +676,16 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         counts.ok, counts.failed, counts.indeterminate
     );
     println!(
-        "  faults          kill {}  pause {}  partition {}  (actions {}, failed actions {fault_errors})",
+        "  faults          kill {}  pause {}  partition {}  wipe {}  (actions {}, failed actions {fault_errors})",
         faults_by_kind(FaultKind::Kill),
         faults_by_kind(FaultKind::Pause),
         faults_by_kind(FaultKind::Partition),
+        faults_by_kind(FaultKind::Wipe),
         executed.len()
     );
+    if let Some(w) = &wipe_report {
+        println!("  disk wipe       {}", w.describe());
+    }
     println!("  keys            {}  acknowledged writes {}", verdict.keys, verdict.acknowledged);
     println!(
         "  indeterminate   present {}  absent {}",
@@ -580,6 +708,13 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         verdict.markers_shown,
         verdict.unreadable
     );
+    if let Some((v, collected, reclaimed)) = &after_collection {
+        println!(
+            "  collection      grace {} ms: {collected} tombstones collected, {reclaimed} replicas \
+             reclaimed; read again after: lost {} resurrected {} phantom {} markers-shown {}",
+            args.tombstone_grace_ms, v.lost, v.resurrected, v.phantom, v.markers_shown
+        );
+    }
     println!(
         "  converged       {} (hints drained: {hints_drained}; replicas disagree on {disagreeing} keys)",
         if converged { "yes" } else { "NO" }
@@ -644,6 +779,7 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
             passed,
             wall_secs: wall.elapsed().as_secs(),
             membership: membership.as_ref(),
+            wipe: wipe_report.as_ref(),
         },
     )?;
     if !passed {
@@ -655,15 +791,37 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
     Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// Whether this run may wipe a disk; an error when it may not and the wipe was asked for
+/// explicitly (`explicit`), false when it was only the default.
+fn wipe_allowed(args: &Args, explicit: bool) -> Result<bool, Error> {
+    let why = if args.membership {
+        // A wiped node restarts with its founding --members, which a changed layout no longer
+        // matches.
+        Some("--membership (a wiped node would restart with its founding members)")
+    } else if args.lww_control {
+        Some("--lww-control (the control run's losses are the point; keep its faults as they were)")
+    } else if args.anti_entropy_interval_ms == 0 {
+        Some("--anti-entropy-interval-ms 0 (nothing would restore the wiped disk)")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(true),
+        Some(why) if explicit => Err(Error::Setup(format!("no disk wipe with {why}"))),
+        Some(_) => Ok(false),
+    }
+}
+
 fn write_record(args: &Args, record: &Record<'_>) -> Result<(), Error> {
     let path = args.out.clone().unwrap_or_else(|| {
         args.work_dir.join(
             format!(
-                "record-{:?}-{:?}-{}{}.json",
+                "record-{:?}-{:?}-{}{}{}.json",
                 args.mode,
                 args.cluster,
                 record.seed,
-                if args.lww_control { "-lww" } else { "" }
+                if args.lww_control { "-lww" } else { "" },
+                if args.membership { "-membership" } else { "" }
             )
             .to_lowercase(),
         )
@@ -676,4 +834,13 @@ fn write_record(args: &Args, record: &Record<'_>) -> Result<(), Error> {
     std::fs::write(&path, text).map_err(|e| Error::Setup(format!("{}: {e}", path.display())))?;
     eprintln!("run record (seed, schedule, settings, results): {}", path.display());
     Ok(())
+}
+
+/// Time after the grace that the last tombstones get to be collected (scans every grace/4,
+/// rounds, the read-back's own repairs).
+const COLLECTION_SLACK: Duration = Duration::from_secs(10);
+
+/// `--tombstone-grace` for `ms` milliseconds (0: off).
+fn grace_flag(ms: u64) -> String {
+    if ms == 0 { "off".to_string() } else { format!("{ms}ms") }
 }

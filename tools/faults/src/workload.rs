@@ -217,6 +217,7 @@ pub fn execute(
             Action::Resume(n) => cluster.resume(*n),
             Action::Disconnect(n) => cluster.disconnect(*n),
             Action::Connect(n) => cluster.connect(*n),
+            Action::Wipe(n) => cluster.wipe(*n),
         };
         log.push(Executed {
             planned_ms: *planned,

@@ -94,7 +94,10 @@ impl World {
                     .flatten()
                     .map(|s| s.join())
                     .unwrap_or_default();
-                    for op in ops {
+                    // Operations before a collection of the key's tombstones left no trace to pull
+                    // (a later re-creation starts a new history).
+                    let collected = self.collected_at.get(key).copied().unwrap_or(0);
+                    for op in ops.iter().filter(|op| op.at >= collected) {
                         let survives = op.on.iter().any(|n| {
                             self.members
                                 .iter()

@@ -55,6 +55,8 @@ pub const ROUNDS: usize = 4;
 const ROUND_BOUND_MS: u64 = 30_000;
 /// Anti-entropy must converge within two intervals plus this, ms.
 const AAE_SLACK_MS: u64 = 2_000;
+/// Every tombstone must be collected within the grace, four scan periods and this, ms.
+const COLLECT_SLACK_MS: u64 = 5_000;
 /// Findings quoted per failure.
 const QUOTED: usize = 6;
 
@@ -323,6 +325,56 @@ fn run_seed(p: &Params) -> Result<Report> {
     if strict.lost + strict.resurrected + strict.sibling_excess > 0 {
         failures.push(describe_verdict(&strict, duplicates));
     }
+    // 7. Collection (seeds with a tombstone grace): with every node up and the owners agreeing,
+    // every tombstone is collected within the grace and a few scans; then everything is read
+    // again and checked: nothing deleted may come back once its tombstones are gone.
+    if let Some(grace) = w.settings.tombstone_grace_ms {
+        let started = w.now;
+        let bound = started + grace + 4 * (grace / 4).max(1_000) + COLLECT_SLACK_MS;
+        let mut left = w.tombstone_only();
+        while left > 0 && w.now < bound {
+            w.run_until(w.now + 250, |_| false);
+            left = w.tombstone_only();
+        }
+        if left > 0 {
+            if std::env::var_os("CAIRN_SIM_DEBUG_GC").is_some() {
+                for (i, n) in w.nodes.iter().enumerate() {
+                    for (k, s) in n.store.objects() {
+                        if s.live_count() == 0 {
+                            let owners = n.core.as_ref().and_then(|c| c.placement()).map(|p| {
+                                p.ring().preference_list(p.partition_of(k.hash())).to_vec()
+                            });
+                            eprintln!(
+                                "DBG gc left on {}: {} owners {owners:?} vv {:?} stats {:?}",
+                                w.members[i],
+                                k.name,
+                                s.join(),
+                                n.core.as_ref().map(|c| c.tombstones())
+                            );
+                        }
+                    }
+                }
+            }
+            failures.push(format!(
+                "{left} tombstone-only replicas left {} ms after the read-back (grace {grace} ms, \
+                 every node up, owners agreeing)",
+                w.now - started
+            ));
+        }
+        w.run_until(w.now + ROUND_BOUND_MS, World::quiescent);
+        let views = w.read_all(&keys);
+        let ops: Vec<Op> =
+            w.history.iter().filter(|o| !w.excused.contains(&o.key)).cloned().collect();
+        let views: BTreeMap<String, BTreeMap<String, View>> =
+            views.into_iter().filter(|(k, _)| !w.excused.contains(k)).collect();
+        let after = history::check(&ops, &views);
+        if after.lost + after.resurrected + after.phantom + after.markers_shown > 0 {
+            failures.push(format!(
+                "after tombstone collection: {}",
+                describe_verdict(&after, duplicate_views(&views))
+            ));
+        }
+    }
     for b in &w.breaches {
         failures.push(format!("invariant: {b}"));
     }
@@ -419,7 +471,8 @@ fn summary_line(w: &World, v: &Verdict, rounds: usize, ops: (usize, usize, usize
          {} dropped, {} duplicated, {} late replies; {} records lost in crashes{}, {} store \
          errors, {} dots reused; core: {} forwarded, {} hints stored, {} delivered, {} repairs; \
          anti-entropy {}: {} disks replaced, {} exchanges ({} in sync, {} failed), {} keys \
-         repaired{}; {} keys, max {} \
+         repaired{}; collection {}: {} tombstones collected in {} rounds, {} objects reclaimed; \
+         {} keys, max {} \
          versions, indeterminate {}/{} present/absent, {} read-back rounds; {} events, {} ms",
         s.nodes,
         s.clients,
@@ -463,6 +516,10 @@ fn summary_line(w: &World, v: &Verdict, rounds: usize, ops: (usize, usize, usize
         st.aae_restored_ms
             .map(|t| format!(", a replaced disk restored in {t} ms"))
             .unwrap_or_default(),
+        s.tombstone_grace_ms.map_or("off".to_string(), |g| format!("grace {g} ms")),
+        c.tombstones_collected,
+        c.tombstone_rounds,
+        c.objects_reclaimed,
         v.keys,
         v.max_versions,
         v.indeterminate_present,
@@ -474,6 +531,14 @@ fn summary_line(w: &World, v: &Verdict, rounds: usize, ops: (usize, usize, usize
 }
 
 impl World {
+    /// Tombstone-only replicas on the running nodes.
+    fn tombstone_only(&self) -> usize {
+        (0..self.nodes.len())
+            .filter(|i| !self.gone.contains(i))
+            .map(|i| self.nodes[i].store.tombstone_only())
+            .sum()
+    }
+
     /// The ids of the nodes that should be running (all but force-removed ones).
     fn running_ids(&self) -> BTreeSet<NodeId> {
         (0..self.nodes.len())

@@ -32,7 +32,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use cairn_replication::aae::{self, Trees};
 use cairn_replication::node::buckets::BucketEntry;
-use cairn_replication::node::store::{SCAN_MAX_KEYS, ScanSpec};
+use cairn_replication::node::store::{
+    ReclaimSpec, SCAN_MAX_KEYS, ScanSpec, incarnation_ended, max_counter,
+};
 use cairn_replication::node::{
     BucketChange, ClusterState, Coordinated, HintKey, HintSet, ListEntry, LocalStore, LocalWrite,
     ObjectKey, ReqId, ScanPage, StoreResult, in_partitions,
@@ -76,6 +78,8 @@ struct Data {
     objects: BTreeMap<ObjectKey, SiblingSet>,
     hints: BTreeMap<(NodeId, HintKey), HintSet>,
     buckets: BTreeMap<String, SiblingSet<BucketEntry>>,
+    /// The counter floor (the engine-backed store's `counter-floor` file).
+    floor: u64,
 }
 
 /// One log record.
@@ -87,6 +91,9 @@ enum Record {
     /// `None`: the hint was removed (the engine's tombstone record).
     Hint(NodeId, HintKey, Option<HintSet>),
     Bucket(String, SiblingSet<BucketEntry>),
+    /// The counter floor was raised (appended before the deletes it protects, so a crash that
+    /// keeps a delete keeps the floor too).
+    Floor(u64),
 }
 
 impl Data {
@@ -107,6 +114,7 @@ impl Data {
             Record::Bucket(n, s) => {
                 self.buckets.insert(n, s);
             }
+            Record::Floor(f) => self.floor = self.floor.max(f),
         }
     }
 }
@@ -149,6 +157,13 @@ impl Log {
         }
         self.current.apply(record.clone());
         self.tail.push_back((self.lsn, record));
+    }
+
+    /// Raises the counter floor (a log record, before the deletes that need it).
+    fn raise_floor(&mut self, to: u64) {
+        if to > self.current.floor {
+            self.append(Record::Floor(to));
+        }
     }
 
     /// Rebuilds the trees from the replicas held now.
@@ -194,6 +209,8 @@ pub struct MemStore {
     /// never loses it.
     cluster: RefCell<Option<ClusterState>>,
     policy: SyncPolicy,
+    /// The node's wall clock, ms since the Unix epoch, as the world last set it.
+    wall: std::cell::Cell<u64>,
     waiters: Vec<Waiter>,
     /// The target lsn of the fsync running, if one is.
     syncing: Option<u64>,
@@ -215,9 +232,20 @@ impl MemStore {
             log: RefCell::new(Log::new(partitions)),
             cluster: RefCell::new(None),
             policy,
+            wall: std::cell::Cell::new(0),
             waiters: Vec::new(),
             syncing: None,
         }
+    }
+
+    /// Sets the node's wall clock (before each op the world runs).
+    pub fn set_wall(&self, ms: u64) {
+        self.wall.set(ms);
+    }
+
+    /// Tombstone-only replicas held now.
+    pub fn tombstone_only(&self) -> usize {
+        self.log.borrow().current.objects.values().filter(|s| s.live_count() == 0).count()
     }
 
     /// Its sync policy.
@@ -369,6 +397,8 @@ impl LocalStore for MemStore {
     ) -> Result<Coordinated> {
         let mut log = self.log.borrow_mut();
         let mut set = log.current.objects.get(key).cloned().unwrap_or_default();
+        let mut write = write;
+        write.counter_floor = write.counter_floor.max(log.current.floor);
         let dot = write.apply(&mut set)?;
         log.append(Record::Object(key.clone(), set.clone()));
         let mut hint_versions = Vec::with_capacity(hint_owners.len());
@@ -565,7 +595,97 @@ impl LocalStore for MemStore {
             .filter(|k| in_partitions(k.hash(), partitions_total, partitions))
             .cloned()
             .collect();
+        let floor = doomed
+            .iter()
+            .filter_map(|k| log.current.objects.get(k))
+            .map(|s| max_counter(&s.join()))
+            .max()
+            .unwrap_or(0);
+        log.raise_floor(floor);
         for k in &doomed {
+            log.append(Record::DropObject(k.clone()));
+        }
+        Ok((doomed.len() as u64, None))
+    }
+
+    fn tombstone_candidates(
+        &self,
+        partitions: &[u32],
+        grace_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, VersionVector)>> {
+        let log = self.log.borrow();
+        let q = log.trees.partitions_total();
+        let now = self.wall.get();
+        Ok(log
+            .current
+            .objects
+            .iter()
+            .filter(|(k, s)| {
+                let newest = s
+                    .siblings()
+                    .iter()
+                    .filter(|d| d.value.is_tombstone())
+                    .map(|d| d.value.meta.timestamp_ms)
+                    .max();
+                in_partitions(k.hash(), q, partitions)
+                    && s.live_count() == 0
+                    && newest.is_some_and(|t| t.saturating_add(grace_ms) <= now)
+            })
+            .take(limit)
+            .map(|(k, s)| (k.clone(), s.join()))
+            .collect())
+    }
+
+    fn collect_tombstones(&self, keys: &[(ObjectKey, VersionVector)]) -> Result<u64> {
+        let mut log = self.log.borrow_mut();
+        log.raise_floor(keys.iter().map(|(_, vv)| max_counter(vv)).max().unwrap_or(0));
+        let mut n = 0;
+        for (key, vv) in keys {
+            let exact = log
+                .current
+                .objects
+                .get(key)
+                .is_some_and(|s| s.join() == *vv && s.live_count() == 0);
+            if exact {
+                log.append(Record::DropObject(key.clone()));
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn reclaim(
+        &self,
+        spec: &ReclaimSpec<'_>,
+        after: Option<&[u8]>,
+    ) -> Result<(u64, Option<Vec<u8>>)> {
+        // One call does the whole keyspace (the simulated stores are small).
+        let _ = after;
+        let now = self.wall.get();
+        let mut log = self.log.borrow_mut();
+        let mut doomed: Vec<(ObjectKey, u64)> = Vec::new();
+        for (k, s) in &log.current.objects {
+            let newest = s.values().map(|v| v.meta.timestamp_ms).max().unwrap_or(0);
+            let buckets = &log.current.buckets;
+            let hints = &log.current.hints;
+            let unowned = spec.unowned_copy(k, |owner| {
+                Ok(hints.contains_key(&(owner.clone(), HintKey::Object(k.clone()))))
+            })?;
+            if unowned
+                || incarnation_ended(
+                    buckets.get(&k.bucket),
+                    k.incarnation,
+                    newest,
+                    now,
+                    spec.grace_ms,
+                )
+            {
+                doomed.push((k.clone(), max_counter(&s.join())));
+            }
+        }
+        log.raise_floor(doomed.iter().map(|(_, c)| *c).max().unwrap_or(0));
+        for (k, _) in &doomed {
             log.append(Record::DropObject(k.clone()));
         }
         Ok((doomed.len() as u64, None))
@@ -623,6 +743,7 @@ mod tests {
             lww: false,
             actor: Actor::new(node("n1"), 1),
             max_siblings: 64,
+            counter_floor: 0,
         }
     }
 

@@ -117,6 +117,8 @@ pub struct Settings {
     /// The nodes' anti-entropy interval, ms (0: off, in a third of the seeds, so that what
     /// handoff and read repair must do alone stays checked without anti-entropy's safety net).
     pub aae_interval_ms: u64,
+    /// The nodes' tombstone grace, ms (`None`: no collection, in a quarter of the seeds).
+    pub tombstone_grace_ms: Option<u64>,
 }
 
 impl Settings {
@@ -158,6 +160,11 @@ impl Settings {
             think: (rng.range(5, 20), rng.range(40, 120)),
             hot_keys: rng.range(2, 4) as usize,
             aae_interval_ms: if rng.below(3) == 0 { 0 } else { rng.range(1_000, 5_000) },
+            tombstone_grace_ms: if rng.below(4) == 0 {
+                None
+            } else {
+                Some(rng.range(1_000, 5_000))
+            },
         }
     }
 }
@@ -534,6 +541,8 @@ pub struct World {
     pub gone: BTreeSet<usize>,
     /// Nodes whose disk was replaced (every copy they held is gone; anti-entropy restores it).
     pub wiped: BTreeSet<usize>,
+    /// Per object name, when a node last ran a tombstone collection covering it.
+    pub collected_at: BTreeMap<String, u64>,
     /// Per key, for each acknowledged write or delete, the nodes that stored it (owners or
     /// fallbacks): a force-removal destroys those copies.
     pub acked_on: BTreeMap<String, Vec<Acked>>,
@@ -581,6 +590,7 @@ impl World {
             admin: crate::admin::Admin::default(),
             gone: BTreeSet::new(),
             wiped: BTreeSet::new(),
+            collected_at: BTreeMap::new(),
             acked_on: BTreeMap::new(),
             reduced: BTreeSet::new(),
         };
@@ -621,6 +631,7 @@ impl World {
         let mut c = Config::new(self.members[i].clone(), seed_members, PARTITIONS, N, R, W);
         c.request_timeout_ms = self.settings.request_timeout_ms;
         c.anti_entropy_interval_ms = self.settings.aae_interval_ms;
+        c.tombstone_grace_ms = self.settings.tombstone_grace_ms;
         #[cfg(feature = "mutants")]
         {
             c.mutant = self.mutant;
@@ -863,7 +874,14 @@ impl World {
                     StoreOp::Coordinate { key, .. } => Some(key.clone()),
                     _ => None,
                 };
+                if let StoreOp::CollectTombstones { keys } = &op {
+                    for (k, _) in keys {
+                        self.collected_at.insert(k.name.clone(), self.now);
+                    }
+                }
+                let wall = self.wall(n);
                 let store = &self.nodes[n].store;
+                store.set_wall(wall);
                 let result = execute(store, op);
                 let needed = match wait {
                     _ if result.is_err() => 0,
@@ -1415,4 +1433,7 @@ fn add_stats(total: &mut CoreStats, s: &CoreStats) {
     total.aae_in_sync += s.aae_in_sync;
     total.aae_keys_repaired += s.aae_keys_repaired;
     total.aae_failures += s.aae_failures;
+    total.tombstones_collected += s.tombstones_collected;
+    total.tombstone_rounds += s.tombstone_rounds;
+    total.objects_reclaimed += s.objects_reclaimed;
 }
