@@ -13,6 +13,11 @@ idle cluster.
    --anti-entropy-interval 0 — over the same time without it. The difference is anti-entropy's
    cost, as % of one core per node. The restart also measures building the trees from 1 M
    replicas, and /cluster gives their memory (bytes per replica).
+3. Collection: a 4-node cluster with --tombstone-grace --grace holds --objects objects of 4 KiB;
+   half of them are deleted; after the grace every node's replica count (its trees) and engine
+   key count must fall by exactly the replicas of deleted keys it held (no tombstone left: three
+   replicas per remaining object in all), then each node is stopped and `cairn compact`ed, and
+   the disk space before and after is reported.
 
     scripts/bench-aae.py --cairn target/release/cairn [--objects 100000] [--idle-objects 1333334]
                          [--out docs/bench-aae.md]
@@ -47,10 +52,11 @@ def metric(url, name):
     return 0.0
 
 
-def start(cairn, workdir, args, interval, http_base, p2p_base):
+def start(cairn, workdir, args, interval, http_base, p2p_base, grace="1h"):
     return b.start_cluster(cairn, "4 nodes", workdir, 4, 3, 2, 2, args.sync, http_base, p2p_base,
                            extra=["--anti-entropy-interval", interval,
-                                  "--handoff-rate", str(args.handoff_rate)])
+                                  "--handoff-rate", str(args.handoff_rate),
+                                  "--tombstone-grace", grace])
 
 
 def restart(setup, i, replace=None):
@@ -119,8 +125,10 @@ def idle_cpu(setup, seconds):
 
 
 def idle(cairn, args, facts):
+    # Tombstone collection off in both measurements: its scans and reclaim passes (a walk over
+    # the keys every grace, the first right after a start) are not anti-entropy's cost.
     setup = start(cairn, os.path.join(args.workdir, "idle"), args, "60s",
-                  args.http_base + 10, args.p2p_base + 10)
+                  args.http_base + 10, args.p2p_base + 10, grace="off")
     try:
         t0 = time.monotonic()
         b.log(f"idle: prefilling {args.idle_objects:,} x {args.idle_size}")
@@ -149,6 +157,52 @@ def idle(cairn, args, facts):
         setup.stop()
 
 
+def collect(cairn, args, facts):
+    setup = start(cairn, os.path.join(args.workdir, "collect"), args, "60s",
+                  args.http_base + 20, args.p2p_base + 20, grace=f"{args.grace:g}s")
+    try:
+        b.log(f"collect: prefilling {args.objects:,} x 4 KiB")
+        prefill(cairn, setup, args, args.objects, "4KiB")
+        b.wait_until(lambda: sum(aae(u)["tree"]["keys"] for u in setup.endpoints)
+                     >= 3 * args.objects, "three replicas of every object", timeout=240)
+        b.settle()
+        before = [aae(u)["tree"]["keys"] for u in setup.endpoints]
+        engine_before = [metric(u, "cairn_engine_keys") for u in setup.endpoints]
+        disk_before = [b.dir_bytes(d) for d in setup.data_dirs]
+        half = args.objects // 2
+        t0 = time.monotonic()
+        b.log(f"collect: deleting {half:,} objects")
+        b.bench(cairn, b.Setup("delete", [], setup.endpoints, []), "delete", "4KiB", 32, args,
+                keys=half, prefill=False, ops=half, duration=600, warmup=0)
+        deleted_s = time.monotonic() - t0
+        t1 = time.monotonic()
+        b.wait_until(lambda: sum(aae(u)["tree"]["keys"] for u in setup.endpoints)
+                     <= 3 * (args.objects - half), "every tombstone collected",
+                     timeout=args.grace + 600)
+        collected_s = time.monotonic() - t1
+        after = [aae(u)["tree"]["keys"] for u in setup.endpoints]
+        engine_after = [metric(u, "cairn_engine_keys") for u in setup.endpoints]
+        collected = [b.http_json(u + "/cluster")["tombstones"]["collected"]
+                     for u in setup.endpoints]
+        disk_deleted = [b.dir_bytes(d) for d in setup.data_dirs]
+        b.log(f"collect: collected in {collected_s:.0f} s after the deletes")
+        for p in setup.procs:
+            p.stop()
+        compacted = []
+        for d in setup.data_dirs:
+            res = b.subprocess.run([cairn, "compact", "--data-dir", d], capture_output=True,
+                                   text=True, timeout=600)
+            if res.returncode != 0:
+                raise RuntimeError(f"cairn compact {d}: {res.stderr.strip()[-400:]}")
+            compacted.append(b.dir_bytes(d))
+        return {"before": before, "after": after, "engine_before": engine_before,
+                "engine_after": engine_after, "collected": collected, "deleted_s": deleted_s,
+                "collected_s": collected_s, "disk_before": disk_before,
+                "disk_deleted": disk_deleted, "disk_compacted": compacted, "half": half}
+    finally:
+        setup.stop()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,6 +215,9 @@ def main():
     ap.add_argument("--handoff-rate", type=float, default=64.0, help="MB/s per node")
     ap.add_argument("--sync", default="never", help="the nodes' --sync")
     ap.add_argument("--skip-idle", action="store_true")
+    ap.add_argument("--skip-restore", action="store_true")
+    ap.add_argument("--skip-collect", action="store_true")
+    ap.add_argument("--grace", type=float, default=15.0, help="tombstone grace, s (collection)")
     ap.add_argument("--workdir", default="target/bench-aae")
     ap.add_argument("--out", default=None)
     ap.add_argument("--http-base", type=int, default=18781)
@@ -171,10 +228,12 @@ def main():
     cairn = os.path.abspath(args.cairn)
     facts = b.machine()
     os.makedirs(args.workdir, exist_ok=True)
-    r = restore(cairn, args, facts)
+    r = None if args.skip_restore else restore(cairn, args, facts)
     i = None if args.skip_idle else idle(cairn, args, facts)
+    c = None if args.skip_collect else collect(cairn, args, facts)
     with open(os.path.join(args.workdir, "results.json"), "w") as f:
-        json.dump({"machine": facts, "args": vars(args), "restore": r, "idle": i}, f, indent=1)
+        json.dump({"machine": facts, "args": vars(args), "restore": r, "idle": i, "collect": c},
+                  f, indent=1)
     lines = [
         "# Anti-entropy benchmark (scripts/bench-aae.py)",
         "",
@@ -183,6 +242,9 @@ def main():
         f"- clusters: 4 local nodes, N=3 R=2 W=2, --sync {args.sync}, --handoff-rate "
         f"{args.handoff_rate:g} MB/s (anti-entropy repairs share it)",
         "",
+    ]
+    if r:
+        lines += [
         "## A replaced disk, no client traffic",
         "",
         f"{args.objects:,} objects of 4 KiB (prefilled in {r['prefill_s']:.0f} s); n4 stopped, "
@@ -198,7 +260,7 @@ def main():
         f"{r['mb_s']:.1f} MB/s |",
         f"| keys repaired (all nodes' counters) | {r['keys_repaired']:,} |",
         "",
-    ]
+        ]
     if i:
         delta = [a - o for a, o in zip(i["on"], i["off"])]
         mem = [t["memory_bytes"] / max(t["keys"], 1) for t in i["trees"]]
@@ -209,7 +271,7 @@ def main():
             f"{statistics.mean(t['keys'] for t in i['trees']):,.0f} replicas per node); each node's "
             f"CPU over {args.idle_seconds:g} s idle, anti-entropy at the default 60 s interval "
             f"({i['exchanges']} exchanges in that time), then every node restarted with "
-            "--anti-entropy-interval 0 and measured again.",
+            "--anti-entropy-interval 0 and measured again (tombstone collection off in both).",
             "",
             "| node | CPU with (% of a core) | without | anti-entropy's share | tree build at "
             "start | tree memory |",
@@ -221,6 +283,32 @@ def main():
                 f"| n{n + 1} | {i['on'][n]:.2f} | {i['off'][n]:.2f} | {delta[n]:+.2f} "
                 f"(target < 2) | {t['build_ms'] / 1000:.1f} s for {t['build_keys']:,} replicas | "
                 f"{t['memory_bytes'] / 2**20:.1f} MiB ({mem[n]:.1f} B per replica) |")
+        lines.append("")
+    if c:
+        total_after = sum(c["after"])
+        lines += [
+            "## Collection: half of the objects deleted",
+            "",
+            f"{args.objects:,} objects of 4 KiB; {c['half']:,} deleted through the API in "
+            f"{c['deleted_s']:.0f} s (`cairn bench --workload delete`), --tombstone-grace "
+            f"{args.grace:g} s; every tombstone collected {c['collected_s']:.0f} s after the last "
+            f"delete. Replicas in all after: {total_after:,} (exactly 3 per remaining object: "
+            f"{3 * (args.objects - c['half']):,}).",
+            "",
+            "| node | replicas before → after | engine keys before → after (fall) | tombstones "
+            "collected here | disk before → after deletes → after `cairn compact` |",
+            "|---|---|---|---|---|",
+        ]
+        for n in range(4):
+            fall = c["engine_before"][n] - c["engine_after"][n]
+            lost = c["before"][n] - c["after"][n]
+            lines.append(
+                f"| n{n + 1} | {c['before'][n]:,} → {c['after'][n]:,} | "
+                f"{c['engine_before'][n]:,.0f} → {c['engine_after'][n]:,.0f} ({fall:,.0f}; "
+                f"{(fall - lost) / max(lost, 1) * 100:+.2f} % of the {lost:,} replicas of deleted "
+                f"keys it held) | {c['collected'][n]:,} | "
+                f"{c['disk_before'][n] / 1e6:.0f} → {c['disk_deleted'][n] / 1e6:.0f} → "
+                f"{c['disk_compacted'][n] / 1e6:.0f} MB |")
         lines.append("")
     text = "\n".join(lines)
     print(text)

@@ -233,3 +233,46 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
     }
     total
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_later_gets_its_disk_back_when_restarted_without_members() {
+    // n1..n3 found the cluster; n4 joins later, so --members never named it.
+    let interval = format!("{INTERVAL_S}s");
+    let mut c = Cluster::start_with_spares(3, 1, &["--anti-entropy-interval", &interval]).await;
+    c.create_bucket(0, "bkt", "").await;
+    for k in 0..60 {
+        let key = format!("k{k}");
+        let (s, _) = c.put(k % 3, &format!("/buckets/bkt/{key}"), key.as_bytes(), None).await;
+        assert_eq!(s, 200);
+    }
+    let r = c.client.post(c.url(0, "/cluster/members/n4")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    c.eventually("n4 a member, the change complete", async |c| {
+        let Ok((_, v)) = c.get(&c.http[3], "/cluster").await else { return false };
+        v["layout"]["transition"].is_null()
+            && v["layout"]["members"].as_array().is_some_and(|m| m.len() == 4)
+            && v["anti_entropy"]["tree"]["keys"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    // The change completes only once n4 pulled its partitions: it holds every key it owns.
+    let (_, v) = c.get(&c.http[3], "/cluster").await.unwrap();
+    let version = v["layout"]["version"].as_u64().unwrap();
+    let held = v["anti_entropy"]["tree"]["keys"].as_u64().unwrap();
+    assert!(held > 20, "n4 owns about 3/4 of the keys; it holds {held}");
+
+    // n4's disk is replaced; it starts as it did when it joined (no --members), learns the
+    // current layout from its peers, and gets its keys back.
+    assert!(c.stop(3).success());
+    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
+    c.restart(3).await;
+    c.eventually("n4 follows the current layout and holds its keys again", async |c| {
+        let Ok((_, v)) = c.get(&c.http[3], "/cluster").await else { return false };
+        v["layout"]["version"].as_u64() == Some(version)
+            && v["anti_entropy"]["tree"]["keys"].as_u64() == Some(held)
+    })
+    .await;
+    let (_, v) = c.get(&c.http[3], "/cluster").await.unwrap();
+    assert_eq!(v["anti_entropy"]["tree"]["build_keys"], 0, "n4 restarted empty: {v}");
+    let (s, body, _) = c.read(3, "/buckets/bkt/k7").await;
+    assert_eq!((s, body), (200, b"k7".to_vec()));
+}

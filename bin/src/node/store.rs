@@ -22,7 +22,9 @@ use cairn_replication::node::keys::{HintKey, ObjectKey, bucket_prefix};
 use cairn_replication::node::{
     BucketChange, ClusterState, Coordinated, HintSet, ListEntry, LocalStore, LocalWrite, ScanPage,
     in_partitions,
-    store::{ReclaimSpec, SCAN_MAX_KEYS, ScanSpec, incarnation_ended, max_counter},
+    store::{
+        ReclaimSpec, SCAN_MAX_KEYS, ScanSpec, incarnation_ended, max_counter, still_collectable,
+    },
 };
 use cairn_replication::{
     Actor, Error, NodeId, Result, SetSummary, Sibling, SiblingSet, VersionVector,
@@ -81,6 +83,11 @@ fn storage(e: cairn_engine::Error) -> Error {
         cairn_engine::Error::ValueTooLarge { size, max } => Error::ValueTooLarge { size, max },
         other => Error::Storage(other.to_string()),
     }
+}
+
+/// A stored set that does not decode.
+fn corrupt(e: Error) -> Error {
+    Error::Corrupt(format!("stored sibling set: {e}"))
 }
 
 fn decode_set<V: DeserializeOwned + Clone>(bytes: &[u8]) -> Result<SiblingSet<V>> {
@@ -204,26 +211,54 @@ impl Store {
     /// Rebuilds the trees from the keydir and the stored sets' clocks.
     fn build_trees(&self) -> Result<u64> {
         self.trees.clear();
-        let mut cursor: Option<Vec<u8>> = None;
         let mut count = 0;
+        self.walk_objects(|key, _, v| {
+            let digest = cairn_replication::dvv::clock_digest_of_bytes(v).map_err(corrupt)?;
+            self.trees.update(key, aae::Change { old: None, new: Some(digest) });
+            count += 1;
+            Ok(true)
+        })?;
+        Ok(count)
+    }
+
+    /// Calls `f` with every replica (key, engine key, stored bytes), in engine-key order, in
+    /// pages of [`SCAN_MAX_KEYS`] keys, until it returns false; `wanted` filters keys before
+    /// their value is read (so a walk over one partition reads only that partition's values).
+    fn walk_objects_where(
+        &self,
+        wanted: impl Fn(&ObjectKey) -> bool,
+        mut f: impl FnMut(&ObjectKey, &[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let mut cursor: Option<Vec<u8>> = None;
         loop {
-            let keys = self.engine.keys_with_prefix(Keyspace::Object, b"", cursor.as_deref(), 4096);
-            let full = keys.len() == 4096;
+            let keys = self.engine.keys_with_prefix(
+                Keyspace::Object,
+                b"",
+                cursor.as_deref(),
+                SCAN_MAX_KEYS,
+            );
+            let full = keys.len() == SCAN_MAX_KEYS;
             for k in &keys {
                 let Some(key) = ObjectKey::decode(k) else { continue };
-                if let Some(v) = self.engine.get(Keyspace::Object, k).map_err(storage)? {
-                    let digest = cairn_replication::dvv::clock_digest_of_bytes(&v)
-                        .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
-                    self.trees.update(&key, aae::Change { old: None, new: Some(digest) });
-                    count += 1;
+                if !wanted(&key) {
+                    continue;
+                }
+                if let Some(v) = self.engine.get(Keyspace::Object, k).map_err(storage)?
+                    && !f(&key, k, &v)?
+                {
+                    return Ok(());
                 }
             }
             match keys.into_iter().last() {
                 Some(last) if full => cursor = Some(last),
-                _ => break,
+                _ => return Ok(()),
             }
         }
-        Ok(count)
+    }
+
+    /// [`Store::walk_objects_where`] over every replica.
+    fn walk_objects(&self, f: impl FnMut(&ObjectKey, &[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        self.walk_objects_where(|_| true, f)
     }
 
     /// The atomic read-modify-write of one replica (see [`rewrite_set_deferred`]), keeping the
@@ -551,8 +586,7 @@ impl LocalStore for Store {
             let exhausted = page.len() < want;
             for (k, v) in page {
                 // Metadata only: the content stays in the mapping, never decoded or copied.
-                let summary = SetSummary::from_bytes(&v)
-                    .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
+                let summary = SetSummary::from_bytes(&v).map_err(corrupt)?;
                 let versions = summary.live.len();
                 let Some(newest) = summary.live.into_iter().max_by_key(|m| m.timestamp_ms) else {
                     continue;
@@ -612,8 +646,7 @@ impl LocalStore for Store {
                 continue;
             }
             if let Some(v) = self.engine.get(Keyspace::Object, &k).map_err(storage)? {
-                let vv = cairn_replication::dvv::version_vector_of_bytes(&v)
-                    .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
+                let vv = cairn_replication::dvv::version_vector_of_bytes(&v).map_err(corrupt)?;
                 floor = floor.max(max_counter(&vv));
                 doomed.push((key, k));
             }
@@ -647,41 +680,18 @@ impl LocalStore for Store {
         let q = self.trees.partitions_total();
         let now = crate::node::now_ms();
         let mut out = Vec::new();
-        let mut cursor: Option<Vec<u8>> = None;
-        loop {
-            let keys = self.engine.keys_with_prefix(
-                Keyspace::Object,
-                b"",
-                cursor.as_deref(),
-                SCAN_MAX_KEYS,
-            );
-            let full = keys.len() == SCAN_MAX_KEYS;
-            for k in &keys {
-                let Some(key) = ObjectKey::decode(k) else { continue };
-                if !in_partitions(key.hash(), q, partitions) {
-                    continue;
-                }
-                let Some(v) = self.engine.get(Keyspace::Object, k).map_err(storage)? else {
-                    continue;
-                };
-                let summary = SetSummary::from_bytes(&v)
-                    .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
-                let old_enough =
-                    summary.newest_tombstone_ms.is_some_and(|t| t.saturating_add(grace_ms) <= now);
-                if summary.live.is_empty() && old_enough {
-                    let vv = cairn_replication::dvv::version_vector_of_bytes(&v)
-                        .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
-                    out.push((key, vv));
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
-                }
+        let wanted = |key: &ObjectKey| in_partitions(key.hash(), q, partitions);
+        self.walk_objects_where(wanted, |key, _, v| {
+            let summary = SetSummary::from_bytes(v).map_err(corrupt)?;
+            let old_enough =
+                summary.newest_tombstone_ms.is_some_and(|t| t.saturating_add(grace_ms) <= now);
+            if summary.live.is_empty() && old_enough {
+                let vv = cairn_replication::dvv::version_vector_of_bytes(v).map_err(corrupt)?;
+                out.push((key.clone(), vv));
             }
-            match keys.into_iter().last() {
-                Some(last) if full => cursor = Some(last),
-                _ => return Ok(out),
-            }
-        }
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
     }
 
     fn collect_tombstones(&self, keys: &[(ObjectKey, VersionVector)]) -> Result<u64> {
@@ -689,8 +699,7 @@ impl LocalStore for Store {
         let mut collected = 0;
         for (key, vv) in keys {
             let gone = self.delete_object_unless(key, &key.encode(), |bytes| {
-                let set: SiblingSet = decode_set(bytes)?;
-                Ok(set.join() != *vv || set.live_count() > 0)
+                Ok(!still_collectable(&decode_set(bytes)?, vv))
             })?;
             collected += u64::from(gone);
         }
@@ -725,8 +734,7 @@ impl LocalStore for Store {
             let Some(v) = self.engine.get(Keyspace::Object, &k).map_err(storage)? else {
                 continue;
             };
-            let summary = SetSummary::from_bytes(&v)
-                .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
+            let summary = SetSummary::from_bytes(&v).map_err(corrupt)?;
             let newest = summary
                 .live
                 .iter()
@@ -735,8 +743,7 @@ impl LocalStore for Store {
                 .max()
                 .unwrap_or(0);
             if unowned || incarnation_ended(entry, key.incarnation, newest, now, spec.grace_ms) {
-                let vv = cairn_replication::dvv::version_vector_of_bytes(&v)
-                    .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
+                let vv = cairn_replication::dvv::version_vector_of_bytes(&v).map_err(corrupt)?;
                 floor = floor.max(max_counter(&vv));
                 doomed.push((key, k));
             }
@@ -764,34 +771,18 @@ impl LocalStore for Store {
             }
         }
         let mut out = Vec::new();
-        let mut cursor: Option<Vec<u8>> = None;
-        loop {
-            let keys = self.engine.keys_with_prefix(
-                Keyspace::Object,
-                b"",
-                cursor.as_deref(),
-                SCAN_MAX_KEYS,
-            );
-            let full = keys.len() == SCAN_MAX_KEYS;
-            for k in &keys {
-                let Some(key) = ObjectKey::decode(k) else { continue };
-                let h = key.hash();
-                if aae::partition_of(h, q) != partition
-                    || !wanted[usize::from(aae::segment_of(h)) % aae::SEGMENTS]
-                {
-                    continue;
-                }
-                if let Some(v) = self.engine.get(Keyspace::Object, k).map_err(storage)? {
-                    let digest = cairn_replication::dvv::clock_digest_of_bytes(&v)
-                        .map_err(|e| Error::Corrupt(format!("stored sibling set: {e}")))?;
-                    out.push((key, digest));
-                }
-            }
-            match keys.into_iter().last() {
-                Some(last) if full => cursor = Some(last),
-                _ => break,
-            }
-        }
+        let in_segments = |key: &ObjectKey| {
+            let h = key.hash();
+            aae::partition_of(h, q) == partition
+                && wanted[usize::from(aae::segment_of(h)) % aae::SEGMENTS]
+        };
+        self.walk_objects_where(in_segments, |key, _, v| {
+            out.push((
+                key.clone(),
+                cairn_replication::dvv::clock_digest_of_bytes(v).map_err(corrupt)?,
+            ));
+            Ok(true)
+        })?;
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }

@@ -16,6 +16,10 @@
 //!    in turn. Merges are DVV joins, never overwrites: a repair racing a write loses nothing, and
 //!    repeating one changes nothing.
 //!
+//! An exchange that repaired [`CATCH_UP_KEYS`] keys or more starts the next one at once instead
+//! of after the spacing, so a node catching up (a replaced disk) is limited by the transfer
+//! budget, not by the interval.
+//!
 //! Repairs are paced by `--handoff-rate`, the same node-wide budget partition sync uses, so
 //! anti-entropy never takes more disk and network than a membership change would. Exchanges pause
 //! while a membership change is in progress (partition sync moves the data then, and the owner
@@ -42,6 +46,9 @@ use crate::node::store::{StoreOp, StoreResult};
 pub const DEFAULT_ANTI_ENTROPY_INTERVAL_MS: Millis = 60_000;
 /// Most segments whose key lists one round asks for.
 pub const SEGMENTS_PER_ROUND: usize = 512;
+/// An exchange that repaired at least this many keys starts the next one at once (a node
+/// catching up); fewer are writes in flight or a stray miss, and the spacing holds.
+pub const CATCH_UP_KEYS: u64 = 16;
 /// Most keys one repair batch carries each way.
 pub const REPAIR_BATCH_KEYS: usize = 256;
 
@@ -121,8 +128,9 @@ struct Exchange {
 /// The node's anti-entropy bookkeeping.
 #[derive(Debug, Default)]
 pub(super) struct AaeCore {
-    /// Whether the timer is armed.
-    armed: bool,
+    /// The generation of the timer armed last (0: never armed): a timer of an older generation
+    /// is stale and ignored, so that scheduling an early exchange never doubles the chain.
+    generation: u64,
     /// Rotates through the owned partitions (and, pass by pass, their peers).
     cursor: u64,
     exchange: Option<Exchange>,
@@ -136,15 +144,20 @@ impl NodeCore {
     /// Arms the anti-entropy timer (at start, and whenever it may have lapsed).
     pub(super) fn arm_anti_entropy(&mut self) {
         let interval = self.config.anti_entropy_interval_ms;
-        if interval == 0 || self.aae.armed {
+        if interval == 0 || self.aae.generation > 0 {
             return;
         }
-        self.aae.armed = true;
         // The first exchange comes after a random part of one spacing, so nodes started together
         // do not exchange in lockstep.
         let spacing = self.aae_spacing();
         let at = self.now + 1 + self.rng.below(spacing as usize) as u64;
-        self.timer(at, Timer::AntiEntropy);
+        self.aae_schedule(at);
+    }
+
+    /// Schedules the next exchange start at `at`, superseding the one scheduled before.
+    fn aae_schedule(&mut self, at: Millis) {
+        self.aae.generation += 1;
+        self.timer(at.max(self.now + 1), Timer::AntiEntropy(self.aae.generation));
     }
 
     /// Time between exchange starts: the interval spread over the owned partitions.
@@ -172,17 +185,15 @@ impl NodeCore {
     }
 
     /// The anti-entropy timer fired: start the next exchange (unless one still runs).
-    pub(super) fn aae_tick(&mut self) {
-        self.aae.armed = false;
-        if self.config.anti_entropy_interval_ms == 0 {
+    pub(super) fn aae_tick(&mut self, generation: u64) {
+        if generation != self.aae.generation || self.config.anti_entropy_interval_ms == 0 {
             return;
         }
         let spacing = self.aae_spacing();
         // ±25% jitter.
         let jitter = self.rng.below((spacing / 2).max(1) as usize) as u64;
         let next = self.now + (spacing - spacing / 4) + jitter;
-        self.aae.armed = true;
-        self.timer(next.max(self.now + 1), Timer::AntiEntropy);
+        self.aae_schedule(next);
         if self.aae.exchange.is_none() {
             self.start_exchange();
         }
@@ -441,6 +452,12 @@ impl NodeCore {
                     partition = ex.partition, peer = %ex.peer, keys = ex.repaired,
                     "anti-entropy repaired differing keys"
                 );
+            }
+            // Catching up (a replaced disk, a long outage): the next exchange starts at once,
+            // paced only by the transfer budget, instead of after the spacing.
+            if ex.repaired >= CATCH_UP_KEYS {
+                let now = self.now;
+                self.aae_schedule(now + 1);
             }
         } else {
             self.stats.aae_failures += 1;

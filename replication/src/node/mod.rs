@@ -577,8 +577,8 @@ enum Timer {
     HandoffTick,
     /// Partition sync may ask for its next page (`--handoff-rate`).
     SyncPump,
-    /// Start the next anti-entropy exchange.
-    AntiEntropy,
+    /// Start the next anti-entropy exchange (the schedule's generation).
+    AntiEntropy(u64),
     /// An anti-entropy exchange may send its next repair batch (`--handoff-rate`).
     AaePump,
 }
@@ -1089,7 +1089,7 @@ impl NodeCore {
                     self.handoff_tick();
                 }
                 Timer::SyncPump => self.pump_sync(),
-                Timer::AntiEntropy => self.aae_tick(),
+                Timer::AntiEntropy(generation) => self.aae_tick(generation),
                 Timer::AaePump => self.aae_pump(),
             }
         }

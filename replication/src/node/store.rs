@@ -356,6 +356,12 @@ pub fn incarnation_ended(
     changed.saturating_add(grace_ms) <= now_ms && newest_ms < changed
 }
 
+/// Whether a stored set is still exactly the tombstone-only set with version vector `vv` that
+/// every node voted to collect (a write or merge since makes it something else: kept).
+pub fn still_collectable(set: &SiblingSet, vv: &VersionVector) -> bool {
+    set.join() == *vv && set.live_count() == 0
+}
+
 /// The highest counter in a version vector (what a store raises its counter floor to before it
 /// deletes a set).
 pub fn max_counter(vv: &VersionVector) -> u64 {

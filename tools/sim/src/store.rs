@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use cairn_replication::aae::{self, Trees};
 use cairn_replication::node::buckets::BucketEntry;
 use cairn_replication::node::store::{
-    ReclaimSpec, SCAN_MAX_KEYS, ScanSpec, incarnation_ended, max_counter,
+    ReclaimSpec, SCAN_MAX_KEYS, ScanSpec, incarnation_ended, max_counter, still_collectable,
 };
 use cairn_replication::node::{
     BucketChange, ClusterState, Coordinated, HintKey, HintSet, ListEntry, LocalStore, LocalWrite,
@@ -642,11 +642,7 @@ impl LocalStore for MemStore {
         log.raise_floor(keys.iter().map(|(_, vv)| max_counter(vv)).max().unwrap_or(0));
         let mut n = 0;
         for (key, vv) in keys {
-            let exact = log
-                .current
-                .objects
-                .get(key)
-                .is_some_and(|s| s.join() == *vv && s.live_count() == 0);
+            let exact = log.current.objects.get(key).is_some_and(|s| still_collectable(s, vv));
             if exact {
                 log.append(Record::DropObject(key.clone()));
                 n += 1;
