@@ -11,9 +11,11 @@
 //!    finds tombstone-only sets whose newest delete is older than `--tombstone-grace` (default
 //!    1 h: the cheap insurance against delayed messages and writes in flight);
 //! 2. it asks **every** node it knows — each member of the layout (all must be up and answer) and
-//!    every other node up — about each candidate (key, version vector C): an owner votes yes if
-//!    its replica holds a state that descends C; any node votes no while it holds a hint for the
-//!    key, or a replica that does not descend C (a stale copy left on a former owner);
+//!    every other node up — about each candidate (key, version vector C): a node votes no while it
+//!    holds a hint for the key, or a replica of it that does not descend C (an owner that missed
+//!    the delete, a stale copy on a former owner); yes otherwise. A node holding nothing for the
+//!    key votes yes: it has nothing the tombstone must still supersede (an owner that deleted it
+//!    in an earlier round, or never got the key at all);
 //! 3. only if every vote is yes does it tell each owner to delete its replica **if it is still
 //!    exactly C** (atomically per key: a write or merge since keeps it), after the store durably
 //!    raised its counter floor above every counter in C (`LocalWrite::counter_floor`): a
@@ -22,7 +24,8 @@
 //! A layout change in progress, a member down, or a peer that does not answer stops a round (the
 //! tombstones wait: "awaiting stability"); both messages carry the layout version and a node on
 //! another version votes no. What is left when one owner deleted and another did not (a message
-//! lost) is a tombstone on some owners: anti-entropy or a read copies it back and the next round
+//! lost, a crash that lost the delete, a read repair that copied the tombstone back while the
+//! owners were deleting) is a tombstone on some owners and nothing on the others: the next round
 //! collects it. What cannot happen is an old value reaching an owner after its tombstone went:
 //! every copy that could carry one (replicas, hints, stale former-owner copies) was seen to be at
 //! or past C by its holder, and such states only grow.
@@ -331,19 +334,12 @@ impl NodeCore {
             let ok = vec![false; keys.len()];
             return self.respond(id, Response::TombstoneVotes { ok });
         };
-        let placement = self.cluster.placement.as_ref();
         let ok = keys
             .iter()
             .zip(held)
             .map(|((k, c), vv)| {
-                let owner =
-                    placement.is_some_and(|p| p.owns(&self.config.id, p.partition_of(k.hash())));
                 let hinted = self.hints.has_pending_for_key(&HintKey::Object(k.clone()));
-                let holds = match vv {
-                    Some(v) => v.descends(c),
-                    None => !owner,
-                };
-                holds && !hinted
+                vv.is_none_or(|v| v.descends(c)) && !hinted
             })
             .collect();
         self.respond(id, Response::TombstoneVotes { ok });

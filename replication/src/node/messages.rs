@@ -151,8 +151,8 @@ pub enum Request {
         segments: Vec<u16>,
     },
     /// Vote on collecting these tombstones (key, exact version vector): yes for a key when the
-    /// receiver holds no hint for it and its replica descends the version vector (or, for a
-    /// non-owner, holds none). All no when the receiver's layout version is not `version`.
+    /// receiver holds no hint for it and no replica of it that does not descend the version
+    /// vector. All no when the receiver's layout version is not `version`.
     TombstoneCheck {
         /// The sender's layout version.
         version: u64,

@@ -117,7 +117,7 @@ pub struct Settings {
     /// The nodes' anti-entropy interval, ms (0: off, in a third of the seeds, so that what
     /// handoff and read repair must do alone stays checked without anti-entropy's safety net).
     pub aae_interval_ms: u64,
-    /// The nodes' tombstone grace, ms (`None`: no collection, in a quarter of the seeds).
+    /// The nodes' tombstone grace, ms (1-5 s in every seed; `None` would turn collection off).
     pub tombstone_grace_ms: Option<u64>,
 }
 
@@ -160,11 +160,7 @@ impl Settings {
             think: (rng.range(5, 20), rng.range(40, 120)),
             hot_keys: rng.range(2, 4) as usize,
             aae_interval_ms: if rng.below(3) == 0 { 0 } else { rng.range(1_000, 5_000) },
-            tombstone_grace_ms: if rng.below(4) == 0 {
-                None
-            } else {
-                Some(rng.range(1_000, 5_000))
-            },
+            tombstone_grace_ms: Some(rng.range(1_000, 5_000)),
         }
     }
 }
@@ -875,8 +871,16 @@ impl World {
                     _ => None,
                 };
                 if let StoreOp::CollectTombstones { keys } = &op {
-                    for (k, _) in keys {
+                    let trace = std::env::var("CAIRN_SIM_TRACE_KEY").ok();
+                    for (k, vv) in keys {
                         self.collected_at.insert(k.name.clone(), self.now);
+                        if trace.as_deref() == Some(k.name.as_str()) {
+                            let held = self.nodes[n].store.replica(k).map(|s| s.join());
+                            eprintln!(
+                                "DBG {} ms: {} collects {} at {vv:?}; holds {held:?}",
+                                self.now, self.members[n], k.name
+                            );
+                        }
                     }
                 }
                 let wall = self.wall(n);
