@@ -13,6 +13,10 @@
 //!    store op waiting for an fsync, the bucket registries equal — and **no hint anywhere**:
 //!    every core's book and every store's hint keyspace (`all_hints()`) empty. With all nodes up,
 //!    a hint left in a store is a write its owner will never get by handoff.
+//! 4b. **Anti-entropy** (seeds with it on): with no client traffic and before any read, every
+//!    key's owners must hold equal sets within two intervals; then one node's store is wiped with
+//!    the cluster idle and its keys must be back within two intervals, by anti-entropy alone;
+//!    every node's trees must equal a rebuild from its replicas.
 //! 5. **Read-back**, like the fault harness's: every key is read through every node (coordinated
 //!    `Get`, default R; the reads repair), the cluster runs to quiescence again, and each key's
 //!    owners' local sets (what `Get local=true` reads) must be equal — whole DVV sets, history
@@ -23,6 +27,9 @@
 //!    phantom, no certainly-failed write visible, no resurrection after an acknowledged delete,
 //!    sibling counts within the causal bound, no duplicate version, no unreadable view); plus the
 //!    executor contract (no request answered twice) and the event bound.
+//! 7. **Collection**: with every node up and the owners agreeing, every tombstone-only replica
+//!    must be collected within the grace and a few scans; then every key is read again and
+//!    checked: nothing deleted may come back, nothing acknowledged may be lost.
 //!
 //! UNSYNCED LOSS
 //! =============

@@ -1341,7 +1341,15 @@ impl World {
                 while side.len() < size as usize {
                     side.insert(free[self.faults.index(free.len())]);
                 }
-                let heal = now + self.faults.range(200, 5_000);
+                // One partition in five outlasts the tombstone grace (5-15 s): deletes on the
+                // majority side must not be collected while the cut-off owners may still hold
+                // what they supersede (and nothing may come back at the heal).
+                let heal = now
+                    + if self.faults.below(5) == 0 {
+                        self.faults.range(5_000, 15_000)
+                    } else {
+                        self.faults.range(200, 5_000)
+                    };
                 for n in &side {
                     self.reserved.insert(*n);
                 }
