@@ -13,21 +13,21 @@
 //!    store op waiting for an fsync, the bucket registries equal — and **no hint anywhere**:
 //!    every core's book and every store's hint keyspace (`all_hints()`) empty. With all nodes up,
 //!    a hint left in a store is a write its owner will never get by handoff.
-//! 4b. **Anti-entropy** (seeds with it on): with no client traffic and before any read, every
+//! 5. **Anti-entropy** (seeds with it on): with no client traffic and before any read, every
 //!    key's owners must hold equal sets within two intervals; then one node's store is wiped with
 //!    the cluster idle and its keys must be back within two intervals, by anti-entropy alone;
 //!    every node's trees must equal a rebuild from its replicas.
-//! 5. **Read-back**, like the fault harness's: every key is read through every node (coordinated
+//! 6. **Read-back**, like the fault harness's: every key is read through every node (coordinated
 //!    `Get`, default R; the reads repair), the cluster runs to quiescence again, and each key's
 //!    owners' local sets (what `Get local=true` reads) must be equal — whole DVV sets, history
 //!    included — within [`ROUNDS`] rounds. Then one more pass of coordinated reads gives the
 //!    final views.
-//! 6. **Checks**: `cairn_faults::history::check` over the recorded operations and the final
+//! 7. **Checks**: `cairn_faults::history::check` over the recorded operations and the final
 //!    views (every acknowledged write present or superseded by an operation that saw it, no
 //!    phantom, no certainly-failed write visible, no resurrection after an acknowledged delete,
 //!    sibling counts within the causal bound, no duplicate version, no unreadable view); plus the
 //!    executor contract (no request answered twice) and the event bound.
-//! 7. **Collection**: with every node up and the owners agreeing, every tombstone-only replica
+//! 8. **Collection**: with every node up and the owners agreeing, every tombstone-only replica
 //!    must be collected within the grace and a few scans; then every key is read again and
 //!    checked: nothing deleted may come back, nothing acknowledged may be lost.
 //!
@@ -171,7 +171,7 @@ fn run_seed(p: &Params) -> Result<Report> {
     // crashes after its answer takes the hint for its slowest target with it, and only read
     // repair (and later anti-entropy) heals that replica. A disk replaced during the chaos
     // destroyed copies: the operations it held are skipped here (`reduced`) and checked after
-    // anti-entropy (4b).
+    // anti-entropy (5).
     {
         let local = w.owner_views(&keys);
         let mut short = Vec::new();
@@ -235,7 +235,7 @@ fn run_seed(p: &Params) -> Result<Report> {
         }
     }
 
-    // 4b. Anti-entropy, with no client traffic and before any read repair: within two
+    // 5. Anti-entropy, with no client traffic and before any read repair: within two
     // intervals every key's owners hold equal sets. Then a disk replacement with the cluster
     // idle — one node restarts on an empty store — and again within two intervals its keys are
     // back on it, by anti-entropy alone (no client, no read, no hint is left to do it).
@@ -267,7 +267,7 @@ fn run_seed(p: &Params) -> Result<Report> {
         ));
     }
 
-    // 5. Read-back.
+    // 6. Read-back.
     let mut disagree = Vec::new();
     let mut rounds = 0;
     for _ in 0..ROUNDS {
@@ -308,7 +308,7 @@ fn run_seed(p: &Params) -> Result<Report> {
         views
     };
 
-    // 6. Checks.
+    // 7. Checks.
     let verdict = history::check(&w.history, &views);
     let duplicates = duplicate_views(&views);
     if verdict.phantom
@@ -332,7 +332,7 @@ fn run_seed(p: &Params) -> Result<Report> {
     if strict.lost + strict.resurrected + strict.sibling_excess > 0 {
         failures.push(describe_verdict(&strict, duplicates));
     }
-    // 7. Collection (seeds with a tombstone grace): with every node up and the owners agreeing,
+    // 8. Collection (seeds with a tombstone grace): with every node up and the owners agreeing,
     // every tombstone is collected within the grace and a few scans; then everything is read
     // again and checked: nothing deleted may come back once its tombstones are gone.
     if let Some(grace) = w.settings.tombstone_grace_ms {
