@@ -5,8 +5,9 @@
 //! Hinted handoff and read repair only carry the writes that someone missed *and* someone
 //! remembers or reads; a replica that lost its disk, or a hint lost with a fallback, leaves cold
 //! keys under-replicated for ever. So every node, every `--anti-entropy-interval` (spread over
-//! the partitions it owns, one exchange at a time, with ±25% jitter), compares each partition it
-//! owns with one other owner, rotating through them pass by pass:
+//! the pairs of a partition it owns and another owner of it, one exchange at a time, with ±25%
+//! jitter), compares each partition it owns with each of its other owners — so any two owners
+//! compare every partition they share at least once per interval:
 //! 1. both sides' branch hashes ([`crate::aae::BRANCHES`] of them; equal: done, in sync);
 //! 2. the segment hashes of the differing branches;
 //! 3. the (key, clock digest) lists of the differing segments, [`SEGMENTS_PER_ROUND`] at a time;
@@ -131,8 +132,10 @@ pub(super) struct AaeCore {
     /// The generation of the timer armed last (0: never armed): a timer of an older generation
     /// is stale and ignored, so that scheduling an early exchange never doubles the chain.
     generation: u64,
-    /// Rotates through the owned partitions (and, pass by pass, their peers).
+    /// Rotates through the owned partitions.
     cursor: u64,
+    /// The (partition, other owner) pairs of the current partition still to exchange.
+    queue: VecDeque<(u32, NodeId)>,
     exchange: Option<Exchange>,
     /// The owned partitions, for a layout version.
     owned: Option<(u64, Arc<Vec<u32>>)>,
@@ -160,10 +163,12 @@ impl NodeCore {
         self.timer(at.max(self.now + 1), Timer::AntiEntropy(self.aae.generation));
     }
 
-    /// Time between exchange starts: the interval spread over the owned partitions.
+    /// Time between exchange starts: the interval spread over the (owned partition, other
+    /// owner) pairs.
     fn aae_spacing(&mut self) -> Millis {
         let owned = self.owned_partitions().len().max(1) as u64;
-        (self.config.anti_entropy_interval_ms / owned).max(1)
+        let others = self.cluster.placement.as_ref().map_or(1, |p| p.ring().n().saturating_sub(1));
+        (self.config.anti_entropy_interval_ms / (owned * others.max(1) as u64)).max(1)
     }
 
     /// The partitions this node owns in the current layout (none while a change runs).
@@ -205,21 +210,20 @@ impl NodeCore {
             return;
         }
         let Some(p) = &self.cluster.placement else { return };
-        let i = self.aae.cursor;
-        self.aae.cursor += 1;
-        let partition = owned[(i % owned.len() as u64) as usize];
-        let pass = i / owned.len() as u64;
-        let peers: Vec<NodeId> = p
-            .ring()
-            .preference_list(partition)
-            .iter()
-            .filter(|n| **n != self.config.id && self.up.contains(*n))
-            .cloned()
-            .collect();
-        if peers.is_empty() {
+        // The next (partition, other owner) pair: every owned partition with each of its other
+        // owners once per pass, so any two owners compare every partition within an interval.
+        if self.aae.queue.is_empty() {
+            let i = self.aae.cursor;
+            self.aae.cursor += 1;
+            let partition = owned[(i % owned.len() as u64) as usize];
+            let me = &self.config.id;
+            let peers = p.ring().preference_list(partition).iter().filter(|n| *n != me);
+            self.aae.queue.extend(peers.map(|n| (partition, n.clone())));
+        }
+        let Some((partition, peer)) = self.aae.queue.pop_front() else { return };
+        if !self.up.contains(&peer) {
             return;
         }
-        let peer = peers[(pass % peers.len() as u64) as usize].clone();
         let version = p.version();
         let q = p.ring().partitions();
         let id = self.fresh_id();

@@ -45,7 +45,7 @@ use std::collections::BTreeSet;
 use cairn_faults::history::{Op, OpKind, Outcome};
 use cairn_replication::node::buckets::ConflictPolicy;
 use cairn_replication::node::{Answer, ClientOp, MAX_GRACE_MS, ObjectKey, ReadOutcome};
-use cairn_replication::{Body, Error, Meta, VersionVector};
+use cairn_replication::{Body, Error, Meta, NodeId, VersionVector};
 
 use crate::rng::Rng;
 use crate::world::{Ev, Reply, Status, Who, World};
@@ -414,7 +414,21 @@ impl World {
                 self.history[op].outcome = outcome;
                 if let Some(Ok(Answer::Written(o))) = &answer {
                     // Which nodes hold it (owners or fallbacks): what a force-removal takes.
-                    let on = o.report.replicas_written.iter().cloned().collect();
+                    let on: BTreeSet<NodeId> = o.report.replicas_written.iter().cloned().collect();
+                    // A node force-removed before this answer reached the client took its copy
+                    // with it: excused as the removal excuses what was acknowledged before it.
+                    let gone_copy = on.iter().any(|n| {
+                        self.members
+                            .iter()
+                            .position(|m| m == n)
+                            .is_some_and(|i| self.gone.contains(&i))
+                    });
+                    if gone_copy {
+                        self.reduced.insert(key.clone());
+                        if on.len() == 1 {
+                            self.excused.insert(key.clone());
+                        }
+                    }
                     let acked = crate::world::Acked { at: self.now, dot: o.dot.clone(), on };
                     self.acked_on.entry(key.clone()).or_default().push(acked);
                 }
