@@ -358,7 +358,6 @@ impl NodeConfig {
         }
         let anti_entropy_interval =
             match pick(args.anti_entropy_interval, file.anti_entropy_interval) {
-                Some(raw) if raw.trim() == "0" => Duration::ZERO,
                 Some(raw) => crate::cmd::bench::parse_duration(&raw)
                     .map_err(|e| bad(format!("--anti-entropy-interval: {e}")))?,
                 None => {

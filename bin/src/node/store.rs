@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cairn_engine::{Engine, Keyspace, Pending, Update, UpdateOutcome};
+use cairn_engine::{Engine, Keyspace, Pending, Update, UpdateOutcome, Value};
 use cairn_replication::aae::{self, Trees};
 use cairn_replication::node::buckets::BucketEntry;
 use cairn_replication::node::keys::{HintKey, ObjectKey, bucket_prefix};
@@ -23,7 +23,8 @@ use cairn_replication::node::{
     BucketChange, ClusterState, Coordinated, HintSet, ListEntry, LocalStore, LocalWrite, ScanPage,
     in_partitions,
     store::{
-        ReclaimSpec, SCAN_MAX_KEYS, ScanSpec, incarnation_ended, max_counter, still_collectable,
+        ReclaimSpec, SCAN_MAX_KEYS, ScanSpec, incarnation_ended, incarnation_live, max_counter,
+        still_collectable,
     },
 };
 use cairn_replication::{
@@ -344,6 +345,23 @@ impl Store {
         }
     }
 
+    /// Deletes these replicas (key, engine key, the stored set as read), after raising the
+    /// counter floor above every counter they hold (their histories are about to go); returns
+    /// how many it deleted.
+    fn delete_replicas(&self, doomed: Vec<(ObjectKey, Vec<u8>, Value)>) -> Result<u64> {
+        let mut floor = 0;
+        for (_, _, v) in &doomed {
+            let vv = cairn_replication::dvv::version_vector_of_bytes(v).map_err(corrupt)?;
+            floor = floor.max(max_counter(&vv));
+        }
+        self.raise_floor(floor)?;
+        let mut dropped = 0;
+        for (key, k, _) in doomed {
+            dropped += u64::from(self.delete_object_unless(&key, &k, |_| Ok(false))?);
+        }
+        Ok(dropped)
+    }
+
     /// The anti-entropy trees' figures.
     pub fn tree_stats(&self) -> TreeStats {
         TreeStats {
@@ -636,28 +654,17 @@ impl LocalStore for Store {
     ) -> Result<(u64, Option<Vec<u8>>)> {
         let keys = self.engine.keys_with_prefix(Keyspace::Object, b"", after, SCAN_MAX_KEYS);
         let next = if keys.len() < SCAN_MAX_KEYS { None } else { keys.last().cloned() };
-        let mut dropped = 0;
-        // The floor first: the sets' histories are about to go.
         let mut doomed = Vec::new();
-        let mut floor = 0;
         for k in keys {
             let Some(key) = ObjectKey::decode(&k) else { continue };
             if !in_partitions(key.hash(), partitions_total, partitions) {
                 continue;
             }
             if let Some(v) = self.engine.get(Keyspace::Object, &k).map_err(storage)? {
-                let vv = cairn_replication::dvv::version_vector_of_bytes(&v).map_err(corrupt)?;
-                floor = floor.max(max_counter(&vv));
-                doomed.push((key, k));
+                doomed.push((key, k, v));
             }
         }
-        self.raise_floor(floor)?;
-        for (key, k) in doomed {
-            if self.delete_object_unless(&key, &k, |_| Ok(false))? {
-                dropped += 1;
-            }
-        }
-        Ok((dropped, next))
+        Ok((self.delete_replicas(doomed)?, next))
     }
 
     /// One durability wait for the whole batch (a group commit), not one per key.
@@ -717,12 +724,10 @@ impl LocalStore for Store {
         let keys = self.engine.keys_with_prefix(Keyspace::Object, b"", after, SCAN_MAX_KEYS);
         let next = if keys.len() < SCAN_MAX_KEYS { None } else { keys.last().cloned() };
         let mut doomed = Vec::new();
-        let mut floor = 0;
         for k in keys {
             let Some(key) = ObjectKey::decode(&k) else { continue };
             let entry = registry.get(&key.bucket);
-            let live = entry
-                .is_none_or(|s| s.values().any(|e| !e.deleted && e.incarnation == key.incarnation));
+            let live = entry.is_none_or(|s| incarnation_live(s, key.incarnation));
             let unowned = spec.unowned_copy(&key, |owner| {
                 let hk = HintKey::Object(key.clone()).encode(owner.as_str());
                 self.engine.get(Keyspace::Hint, &hk).map(|v| v.is_some()).map_err(storage)
@@ -743,17 +748,10 @@ impl LocalStore for Store {
                 .max()
                 .unwrap_or(0);
             if unowned || incarnation_ended(entry, key.incarnation, newest, now, spec.grace_ms) {
-                let vv = cairn_replication::dvv::version_vector_of_bytes(&v).map_err(corrupt)?;
-                floor = floor.max(max_counter(&vv));
-                doomed.push((key, k));
+                doomed.push((key, k, v));
             }
         }
-        self.raise_floor(floor)?;
-        let mut dropped = 0;
-        for (key, k) in doomed {
-            dropped += u64::from(self.delete_object_unless(&key, &k, |_| Ok(false))?);
-        }
-        Ok((dropped, next))
+        Ok((self.delete_replicas(doomed)?, next))
     }
 
     fn tree_hashes(&self, partition: u32, branches: &[u16]) -> Vec<u64> {
@@ -783,7 +781,6 @@ impl LocalStore for Store {
             ));
             Ok(true)
         })?;
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 

@@ -172,7 +172,7 @@ impl NodeCore {
     }
 
     /// The partitions this node owns in the current layout (none while a change runs).
-    fn owned_partitions(&mut self) -> Arc<Vec<u32>> {
+    pub(super) fn owned_partitions(&mut self) -> Arc<Vec<u32>> {
         let Some(p) = &self.cluster.placement else { return Arc::new(Vec::new()) };
         if p.layout().transition.is_some() {
             return Arc::new(Vec::new());

@@ -386,12 +386,12 @@ impl NodeCore {
             }
             None => return,
         };
+        // The owned partitions as anti-entropy keeps them (none while a change runs).
+        let stable = self.cluster.sync.is_none()
+            && self.cluster.placement.as_ref().is_some_and(|p| p.layout().transition.is_none());
+        let owned = stable.then(|| self.owned_partitions().to_vec());
         let Some(p) = &self.cluster.placement else { return };
         self.gc.reclaiming = true;
-        let stable = p.layout().transition.is_none() && self.cluster.sync.is_none();
-        let me = &self.config.id;
-        let owned = stable
-            .then(|| (0..p.ring().partitions()).filter(|&q| p.owns(me, q)).collect::<Vec<u32>>());
         let mut hint_owners: BTreeSet<NodeId> = p.layout().voters();
         hint_owners.extend(self.hints.counts().into_keys());
         let op = StoreOp::Reclaim {

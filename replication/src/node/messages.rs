@@ -141,7 +141,7 @@ pub enum Request {
         branches: Vec<u16>,
     },
     /// Send back (key, clock digest) of every object the receiver stores in these segments of
-    /// `partition`, sorted by key.
+    /// `partition` (in any order: the sender sorts).
     SegmentKeys {
         /// Q of the sender's layout.
         partitions_total: u32,
@@ -311,7 +311,7 @@ pub enum Response {
         /// How many.
         count: u64,
     },
-    /// (key, clock digest) pairs sorted by key (`SegmentKeys`).
+    /// (key, clock digest) pairs (`SegmentKeys`).
     Digests {
         /// The pairs.
         entries: Vec<(ObjectKey, u64)>,

@@ -250,7 +250,7 @@ pub trait LocalStore {
     fn tree_hashes(&self, partition: u32, branches: &[u16]) -> Vec<u64>;
 
     /// (key, clock digest) of every replica in `segments` of `partition` (out of the trees'
-    /// Q), sorted by key.
+    /// Q), in any order (the exchange sorts both sides' lists before comparing them).
     fn segment_keys(&self, partition: u32, segments: &[u16]) -> Result<Vec<(ObjectKey, u64)>>;
 
     /// Tombstone-only replicas of keys in `partitions` (sorted; out of the trees' Q) whose newest
@@ -335,6 +335,11 @@ impl ReclaimSpec<'_> {
     }
 }
 
+/// Whether a sibling of the registry entry `set` is incarnation `incarnation`, alive.
+pub fn incarnation_live(set: &SiblingSet<BucketEntry>, incarnation: u64) -> bool {
+    set.values().any(|e| !e.deleted && e.incarnation == incarnation)
+}
+
 /// Whether the bucket registry entry `entry` (of the object's bucket name, as held here) has
 /// ended incarnation `incarnation`: no sibling of it is that incarnation alive, its newest
 /// change (a delete or another incarnation's creation) is at least `grace_ms` old at `now_ms`,
@@ -349,7 +354,7 @@ pub fn incarnation_ended(
     grace_ms: u64,
 ) -> bool {
     let Some(set) = entry else { return false };
-    if set.values().any(|e| !e.deleted && e.incarnation == incarnation) {
+    if incarnation_live(set, incarnation) {
         return false;
     }
     let Some(changed) = set.values().map(|e| e.created_ms).max() else { return false };

@@ -589,7 +589,12 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         );
         restore = wipe::wait_restored(&client, &nodes, &ids, &required, limit).await;
         w.note_restore(&restore, required.len(), limit, healed);
-        (w.aae_keys_repaired, w.aae_exchanges) = wipe::aae_counters(&client, &nodes).await;
+        [w.aae_keys_repaired, w.aae_exchanges] = wipe::cluster_sums(
+            &client,
+            &nodes,
+            [&["anti_entropy", "keys_repaired"], &["anti_entropy", "exchanges"]],
+        )
+        .await;
     }
     let keys: BTreeSet<String> = ops.iter().map(|o| o.key.clone()).collect();
     let pref = workload::pref_lists(&client, &nodes[0], &keys).await;
@@ -632,7 +637,12 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         tokio::time::sleep(wait).await;
         let again = workload::read_all(&client, &nodes, &ids, &keys, false).await;
         let v = history::check(&ops, &again);
-        let (collected, reclaimed) = wipe::collection_counters(&client, &nodes).await;
+        let [collected, reclaimed] = wipe::cluster_sums(
+            &client,
+            &nodes,
+            [&["tombstones", "collected"], &["tombstones", "objects_reclaimed"]],
+        )
+        .await;
         after_collection = Some((v, collected, reclaimed));
     }
     let fault_errors = executed.iter().filter(|e| e.error.is_some()).count();

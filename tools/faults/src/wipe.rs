@@ -331,32 +331,22 @@ pub fn owned_by(
     (owned, missing)
 }
 
-/// Anti-entropy's `keys_repaired` and `exchanges` (`GET /cluster`), summed over `nodes`; a
-/// node that does not answer counts nothing.
-pub async fn aae_counters(client: &Client, nodes: &[String]) -> (u64, u64) {
-    let mut repaired = 0;
-    let mut exchanges = 0;
+/// `GET /cluster` numbers summed over `nodes`, one per path (e.g. `["anti_entropy",
+/// "keys_repaired"]`); a node that does not answer counts nothing.
+pub async fn cluster_sums<const K: usize>(
+    client: &Client,
+    nodes: &[String],
+    paths: [&[&str]; K],
+) -> [u64; K] {
+    let mut out = [0; K];
     for n in nodes {
         if let Ok((200, v)) = client.get_json(n, "/cluster").await {
-            repaired += v["anti_entropy"]["keys_repaired"].as_u64().unwrap_or(0);
-            exchanges += v["anti_entropy"]["exchanges"].as_u64().unwrap_or(0);
+            for (sum, path) in out.iter_mut().zip(paths) {
+                *sum += path.iter().fold(&v, |x, p| &x[*p]).as_u64().unwrap_or(0);
+            }
         }
     }
-    (repaired, exchanges)
-}
-
-/// Tombstones collected and replicas reclaimed (`GET /cluster` → `tombstones`), summed over
-/// `nodes`; a node that does not answer counts nothing.
-pub async fn collection_counters(client: &Client, nodes: &[String]) -> (u64, u64) {
-    let mut collected = 0;
-    let mut reclaimed = 0;
-    for n in nodes {
-        if let Ok((200, v)) = client.get_json(n, "/cluster").await {
-            collected += v["tombstones"]["collected"].as_u64().unwrap_or(0);
-            reclaimed += v["tombstones"]["objects_reclaimed"].as_u64().unwrap_or(0);
-        }
-    }
-    (collected, reclaimed)
+    out
 }
 
 #[cfg(test)]
