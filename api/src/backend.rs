@@ -11,9 +11,13 @@
 //! sibling set is shown (bytes, 300 Multiple Choices, 404 with context).
 
 use std::future::Future;
+use std::pin::Pin;
 
 use bytes::Bytes;
-use cairn_replication::{Context, Dot, Meta, ReadReport, Sibling, SiblingSet, WriteReport};
+use cairn_replication::{
+    Chunked, Context, Dot, Meta, ReadReport, Sibling, SiblingSet, WriteReport,
+};
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -146,6 +150,49 @@ pub struct PutObject {
     pub w: Option<usize>,
 }
 
+/// A body streamed piece by piece: the next bytes as they arrive, an error ending it early
+/// (the client went away, stalled past the idle limit, or sent more than the limit).
+pub type BodyStream<'a> = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send + 'a>>;
+
+/// A write of one object whose content is larger than an inline object
+/// ([`crate::ApiConfig::inline_max`]): the backend stores it in chunks as it arrives, and makes
+/// it visible only once every chunk is durable (an error from `body` leaves nothing visible).
+pub struct PutStream<'a> {
+    /// The bucket.
+    pub bucket: BucketName,
+    /// The object name.
+    pub name: ObjectName,
+    /// The content, already limited to the maximum object size by the API.
+    pub body: BodyStream<'a>,
+    /// MIME type from the request.
+    pub content_type: String,
+    /// The original file name of a multipart part.
+    pub file_name: Option<String>,
+    /// As [`PutObject::context`].
+    pub context: Option<Context>,
+    /// As [`PutObject::overwrite`].
+    pub overwrite: bool,
+    /// As [`PutObject::w`].
+    pub w: Option<usize>,
+}
+
+/// The content of a chunked version, or part of it, to stream to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenContent {
+    /// The bucket.
+    pub bucket: BucketName,
+    /// The bucket incarnation the read found ([`ReadResult::incarnation`]).
+    pub incarnation: u64,
+    /// The object name.
+    pub name: ObjectName,
+    /// The version's manifest.
+    pub manifest: Chunked,
+    /// The bytes wanted: `start..end`, within the content.
+    pub range: std::ops::Range<u64>,
+    /// Nodes that answered the read with this version (they hold its chunks).
+    pub holders: Vec<String>,
+}
+
 /// A delete of one object: a tombstone written under a context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteObject {
@@ -200,6 +247,9 @@ pub struct ReadResult {
     pub set: SiblingSet<Sibling>,
     /// The replica report: replicas read, their vector clocks, read repair.
     pub report: ReadReport,
+    /// The bucket incarnation read (the backend's own number, handed back in
+    /// [`OpenContent::incarnation`] to stream a chunked version).
+    pub incarnation: u64,
 }
 
 /// The node's health, for `GET /health`.
@@ -245,6 +295,19 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Writes an object (`NoSuchBucket`, `WriteQuorumNotReached`, `TooManySiblings`, ...).
     fn put_object(&self, req: PutObject) -> impl Future<Output = Result<WriteResult>> + Send;
+
+    /// Writes an object whose content is streamed ([`PutStream`]): stored in chunks, visible
+    /// once all are durable on W replicas. Errors as [`Backend::put_object`], plus `SlowDown`
+    /// when the node holds too many bytes in flight, and the body's own error.
+    fn put_object_stream<'a>(
+        &'a self,
+        req: PutStream<'a>,
+    ) -> impl Future<Output = Result<WriteResult>> + Send + 'a;
+
+    /// Streams (part of) a chunked version's content, reading only the chunks the range needs.
+    /// `SlowDown` when the node holds too many bytes in flight. An error after the stream has
+    /// started ends the response early (the client sees a short body).
+    fn open_content(&self, req: OpenContent) -> Result<BodyStream<'static>>;
 
     /// Deletes an object by writing a tombstone (add-wins: it removes the versions the context
     /// covers, or without one every version a quorum read shows). `NoSuchKey` when no live

@@ -101,6 +101,17 @@ pub enum ApiError {
         /// The limit that was exceeded, in bytes.
         limit: u64,
     },
+    /// The `Range` asked for starts beyond the end of the object (416 `InvalidRange`, with
+    /// `Content-Range: bytes */size`).
+    #[error("the range starts beyond the object's {size} bytes")]
+    RangeNotSatisfiable {
+        /// The object's size.
+        size: u64,
+    },
+    /// The node holds as many bytes of request bodies in flight as it allows (503 `SlowDown`
+    /// with `Retry-After`): retry later, or against another node.
+    #[error("{0}")]
+    SlowDown(String),
     /// Fewer than W replicas acknowledged (503 `WriteQuorumNotReached`); the report says which
     /// did. The write may still be present on the replicas that acknowledged.
     #[error("{message}")]
@@ -199,7 +210,9 @@ impl ApiError {
             | ApiError::InvalidChange(_)
             | ApiError::TooManySiblings(_) => StatusCode::CONFLICT,
             ApiError::EntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::WriteQuorumNotReached { .. }
+            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::SlowDown(_)
+            | ApiError::WriteQuorumNotReached { .. }
             | ApiError::ReadQuorumNotReached { .. }
             | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -227,6 +240,8 @@ impl ApiError {
             ApiError::NoSuchNode(_) => "NoSuchNode",
             ApiError::TooManySiblings(_) => "TooManySiblings",
             ApiError::EntityTooLarge { .. } => "EntityTooLarge",
+            ApiError::RangeNotSatisfiable { .. } => "InvalidRange",
+            ApiError::SlowDown(_) => "SlowDown",
             ApiError::WriteQuorumNotReached { .. } => "WriteQuorumNotReached",
             ApiError::ReadQuorumNotReached { .. } => "ReadQuorumNotReached",
             ApiError::Unavailable(_) => "Unavailable",
@@ -249,6 +264,7 @@ impl ApiError {
                 | ApiError::RequestTimeout(_)
                 | ApiError::ReadQuorumNotReached { .. }
                 | ApiError::Unavailable(_)
+                | ApiError::SlowDown(_)
                 | ApiError::TooManySiblings(_)
         )
     }
@@ -292,6 +308,9 @@ impl ApiError {
             ApiError::EntityTooLarge { limit } => {
                 body.insert("limit".into(), Value::from(*limit));
             }
+            ApiError::RangeNotSatisfiable { size } => {
+                body.insert("size".into(), Value::from(*size));
+            }
             _ => {}
         }
         body
@@ -320,6 +339,11 @@ impl ApiError {
                 axum::http::header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
+        }
+        if let ApiError::RangeNotSatisfiable { size } = self
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            resp.headers_mut().insert(axum::http::header::CONTENT_RANGE, v);
         }
         resp.extensions_mut().insert(ErrorCode(self.code()));
         resp

@@ -54,10 +54,12 @@ use axum::routing::{MethodRouter, get};
 use cairn_replication::{Body as SiblingBody, Context, Dotted, Sibling};
 use serde_json::{Map, Value, json};
 
-use crate::backend::{Backend, DeleteObject, GetObject, ListFiles, PutObject, ReadResult};
+use crate::backend::{
+    Backend, DeleteObject, GetObject, ListFiles, PutObject, PutStream, ReadResult,
+};
 use crate::error::{ApiError, Result};
 use crate::names::{ObjectName, bucket_from_path, object_from_raw};
-use crate::params::{self, LimitedBuffer, Params, within};
+use crate::params::{self, BodyStart, Params, within};
 use crate::render;
 use crate::{
     App, CONTEXT_HEADER, ConflictPolicy, FILE_FIELDS, MAX_CURSOR_LEN, MAX_LIST_LIMIT, NODE_HEADER,
@@ -206,7 +208,10 @@ async fn get_object_inner<B: Backend>(
     if sibling.as_ref().is_some_and(|s| s.is_empty() || s.len() > 200) {
         return Err(ApiError::InvalidArgument("sibling must be a version id".into()));
     }
-    let read = app.backend.get_object(GetObject { bucket, name: name.clone(), r, local }).await?;
+    let read = app
+        .backend
+        .get_object(GetObject { bucket: bucket.clone(), name: name.clone(), r, local })
+        .await?;
     let context = Context(read.set.join());
     let live: Vec<&Dotted<Sibling>> = read.set.live().collect();
     if live.is_empty() {
@@ -225,13 +230,15 @@ async fn get_object_inner<B: Backend>(
     if let Some(id) = sibling {
         let found = read.set.siblings().iter().find(|s| render::version_id(&s.dot) == id);
         return match found {
-            Some(s) if !s.value.is_tombstone() => Ok(bytes_response(&read, s, &context, headers)),
+            Some(s) if !s.value.is_tombstone() => {
+                content_response(app, (&bucket, &name), &read, s, &context, headers)
+            }
             Some(_) => Err(ApiError::NoSuchVersion(format!("{id} is a delete marker"))),
             None => Err(ApiError::NoSuchVersion(id)),
         };
     }
     match live.as_slice() {
-        [only] => Ok(bytes_response(&read, only, &context, headers)),
+        [only] => content_response(app, (&bucket, &name), &read, only, &context, headers),
         _ => {
             let mut f = read_fields(&read);
             f.insert("name".into(), Value::String(name.to_string()));
@@ -274,24 +281,62 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
     })
 }
 
-/// The bytes of one live version with its headers; 304 Not Modified without the bytes when
-/// the request's `If-None-Match` already names this version's ETag.
-fn bytes_response(
+/// The content of one live version with its headers: 304 Not Modified without the bytes when
+/// the request's `If-None-Match` already names this version's ETag; 206 with `Content-Range`
+/// for a satisfiable `Range` (416 for one past the end); else 200 with the whole content. A
+/// chunked version streams from the backend, reading only the chunks the range covers.
+fn content_response<B: Backend>(
+    app: &App<B>,
+    (bucket, name): (&crate::BucketName, &ObjectName),
     read: &ReadResult,
     s: &Dotted<Sibling>,
     context: &Context,
     request: &HeaderMap,
-) -> Response {
+) -> Result<Response> {
     let meta = &s.value.meta;
+    let size = match &s.value.body {
+        SiblingBody::Bytes(b) => b.len() as u64,
+        SiblingBody::Chunked(c) => c.size,
+        SiblingBody::Tombstone => 0,
+    };
     let mut resp = if etag_matches(request, &meta.etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let bytes = match &s.value.body {
-            SiblingBody::Bytes(b) => b.clone(),
-            SiblingBody::Tombstone => Vec::new(),
+        let range = params::parse_range(request, size, &meta.etag, meta.timestamp_ms)?;
+        let (start, end) = range.clone().map_or((0, size), |r| (r.start, r.end));
+        let body = match &s.value.body {
+            SiblingBody::Bytes(b) => {
+                let (a, z) = (start as usize, end as usize);
+                Body::from(b.get(a..z).unwrap_or_default().to_vec())
+            }
+            SiblingBody::Chunked(c) => {
+                let holders = read
+                    .report
+                    .vector_clocks
+                    .iter()
+                    .filter(|(_, vv)| vv.contains(&s.dot))
+                    .map(|(n, _)| n.to_string())
+                    .collect();
+                Body::from_stream(app.backend.open_content(crate::OpenContent {
+                    bucket: bucket.clone(),
+                    incarnation: read.incarnation,
+                    name: name.clone(),
+                    manifest: *c,
+                    range: start..end,
+                    holders,
+                })?)
+            }
+            SiblingBody::Tombstone => Body::empty(),
         };
-        (StatusCode::OK, Body::from(bytes)).into_response()
+        let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+        let mut resp = (status, body).into_response();
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        if range.is_some() {
+            set_header(&mut resp, "content-range", &format!("bytes {start}-{}/{size}", end - 1));
+        }
+        resp
     };
+    resp.headers_mut().insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let ctype = HeaderValue::from_str(&meta.content_type)
         .unwrap_or(HeaderValue::from_static(crate::DEFAULT_CONTENT_TYPE));
     resp.headers_mut().insert(header::CONTENT_TYPE, ctype);
@@ -300,7 +345,7 @@ fn bytes_response(
     set_header(&mut resp, CONTEXT_HEADER, &context.to_token());
     set_header(&mut resp, NODE_HEADER, &read.node);
     set_header(&mut resp, VERSION_HEADER, &render::version_id(&s.dot));
-    resp
+    Ok(resp)
 }
 
 /// Reads `?w=`, `?overwrite=` and `X-Cairn-Context`, refusing both a context and overwrite.
@@ -333,20 +378,42 @@ pub async fn put_object<B: Backend>(
         let (w, context, overwrite) = write_options(&uri, &headers, app.config.replicas)?;
         let limit = app.config.max_object_size;
         params::check_content_length(&headers, limit)?;
-        let (body, etag) =
-            params::read_body_limited(body, limit, app.config.body_idle_timeout).await?;
-        let req = PutObject {
-            bucket,
-            name: name.clone(),
-            body,
-            content_type: params::content_type(&headers, name.as_str()),
-            file_name: None,
-            etag,
-            context,
-            overwrite,
-            w,
+        let idle = app.config.body_idle_timeout;
+        let content_type = params::content_type(&headers, name.as_str());
+        let stream = body.into_data_stream();
+        let start =
+            params::read_body_start(stream, app.config.inline_max, limit, idle, params::body_error)
+                .await?;
+        let res = match start {
+            BodyStart::Whole(body, etag) => {
+                let req = PutObject {
+                    bucket,
+                    name: name.clone(),
+                    body,
+                    content_type,
+                    file_name: None,
+                    etag,
+                    context,
+                    overwrite,
+                    w,
+                };
+                app.backend.put_object(req).await?
+            }
+            BodyStart::Larger(first, rest) => {
+                let body = params::limited_stream(first, rest, limit, idle, params::body_error);
+                let req = PutStream {
+                    bucket,
+                    name: name.clone(),
+                    body,
+                    content_type,
+                    file_name: None,
+                    context,
+                    overwrite,
+                    w,
+                };
+                app.backend.put_object_stream(req).await?
+            }
         };
-        let res = app.backend.put_object(req).await?;
         let mut f = render::write_result_json(name.as_str(), &res);
         f.insert("received_by".into(), Value::String(app.node.to_string()));
         Ok((StatusCode::OK, Json(Value::Object(f))).into_response())
@@ -404,6 +471,12 @@ fn multipart_error(e: MultipartError, limit: u64) -> ApiError {
     }
 }
 
+/// A read error of a multipart part (the size limits are the handler's, so any error here is a
+/// malformed or broken body).
+fn part_error(e: MultipartError) -> ApiError {
+    ApiError::MalformedMultipart(e.body_text())
+}
+
 /// `POST /buckets/{bucket}/files?w=&overwrite=`, optional `X-Cairn-Context` for a one-file form:
 /// multipart upload (see MULTIPART UPLOADS).
 pub async fn upload_multipart<B: Backend>(
@@ -444,6 +517,7 @@ async fn upload_inner<B: Backend>(
     params::check_content_length(headers, request_limit)?;
     let mut multipart = multipart.map_err(|e| ApiError::MalformedMultipart(e.body_text()))?;
     let mut request_bytes: u64 = 0;
+    let mut streamed_with_context = false;
     let idle = app.config.body_idle_timeout;
     while let Some(mut field) = within(idle, multipart.next_field())
         .await?
@@ -462,7 +536,7 @@ async fn upload_inner<B: Backend>(
             }
             continue;
         }
-        if held.is_some() {
+        if held.is_some() || streamed_with_context {
             return Err(ApiError::InvalidArgument(
                 "X-Cairn-Context applies to one object, and this form holds several files: \
                  upload them without a context, or one per request; nothing was stored"
@@ -474,17 +548,45 @@ async fn upload_inner<B: Backend>(
         })?;
         let name = ObjectName::new(file_name.clone())?;
         let content_type = params::part_content_type(field.content_type(), &file_name);
-        let mut buf = LimitedBuffer::new(app.config.max_object_size);
-        while let Some(chunk) =
-            within(idle, field.chunk()).await?.map_err(|e| multipart_error(e, request_limit))?
-        {
-            request_bytes += chunk.len() as u64;
-            if request_bytes > request_limit {
-                return Err(ApiError::EntityTooLarge { limit: request_limit });
+        let object_limit = app.config.max_object_size;
+        let start = params::read_body_start(
+            &mut field,
+            app.config.inline_max,
+            object_limit,
+            idle,
+            part_error,
+        )
+        .await?;
+        let (body, etag) = match start {
+            BodyStart::Whole(body, etag) => (body, etag),
+            BodyStart::Larger(first, rest) => {
+                // Too large to hold: stored as it streams, even with a context (the form's
+                // other file parts are then refused, after it).
+                let body = params::limited_stream(first, rest, object_limit, idle, part_error);
+                let req = PutStream {
+                    bucket: bucket.clone(),
+                    name: name.clone(),
+                    body,
+                    content_type,
+                    file_name: Some(file_name),
+                    context: context.clone(),
+                    overwrite,
+                    w,
+                };
+                let res = app.backend.put_object_stream(req).await?;
+                request_bytes += res.meta.size;
+                if request_bytes > request_limit {
+                    return Err(ApiError::EntityTooLarge { limit: request_limit });
+                }
+                stored.push(Value::Object(render::write_result_json(name.as_str(), &res)));
+                streamed_with_context |= context.is_some();
+                continue;
             }
-            buf.push(&chunk)?;
+        };
+        request_bytes += body.len() as u64;
+        if request_bytes > request_limit {
+            return Err(ApiError::EntityTooLarge { limit: request_limit });
         }
-        let (body, etag) = buf.finish();
         let req = PutObject {
             bucket: bucket.clone(),
             name: name.clone(),

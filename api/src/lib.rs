@@ -35,13 +35,14 @@ pub mod params;
 pub mod render;
 
 pub use backend::{
-    Backend, BucketInfo, BucketReport, ConflictPolicy, DeleteObject, FileEntry, FileList,
-    GetObject, Health, ListFiles, MemberChange, PutObject, ReadResult, WriteResult,
+    Backend, BodyStream, BucketInfo, BucketReport, ConflictPolicy, DeleteObject, FileEntry,
+    FileList, GetObject, Health, ListFiles, MemberChange, OpenContent, PutObject, PutStream,
+    ReadResult, WriteResult,
 };
 pub use error::{ApiError, Result};
 pub use metrics::Metrics;
 pub use names::{BucketName, ObjectName};
-pub use render::{etag_of, version_id};
+pub use render::{EtagHasher, etag_of, version_id};
 
 /// Request header carrying the causal context token (reads answer with it; writes and deletes
 /// send it back).
@@ -52,9 +53,12 @@ pub const NODE_HEADER: &str = "x-cairn-node";
 pub const VERSION_HEADER: &str = "x-cairn-version";
 /// Content type stored when a write gives none.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
-/// Default maximum object size: 32 MiB (values are stored inline; large files in chunks are a
-/// later issue).
-pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 32 << 20;
+/// Default maximum object size: 5 GiB (S3's single-PUT limit). Objects above
+/// [`DEFAULT_INLINE_MAX`] are streamed and stored in chunks, so the size costs no memory.
+pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 5 << 30;
+/// Default largest object stored inline in its sibling set (1 MiB); larger bodies are streamed
+/// to the backend ([`Backend::put_object_stream`]).
+pub const DEFAULT_INLINE_MAX: u64 = 1 << 20;
 /// Default page size of `GET /buckets/{bucket}`.
 pub const DEFAULT_LIST_LIMIT: usize = 1000;
 /// Largest accepted `limit` of `GET /buckets/{bucket}`.
@@ -83,6 +87,9 @@ pub struct ApiConfig {
     pub replicas: usize,
     /// Longest wait for the next chunk of a request body (408 `RequestTimeout` after it).
     pub body_idle_timeout: Duration,
+    /// Largest body stored inline; a larger one is streamed to
+    /// [`Backend::put_object_stream`].
+    pub inline_max: u64,
 }
 
 impl ApiConfig {
@@ -94,12 +101,13 @@ impl ApiConfig {
             max_request_size: max_object_size.saturating_mul(16),
             replicas: replicas.max(1),
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            inline_max: DEFAULT_INLINE_MAX.min(max_object_size),
         }
     }
 }
 
 impl Default for ApiConfig {
-    /// 32 MiB objects, N = 3.
+    /// 5 GiB objects, N = 3.
     fn default() -> Self {
         ApiConfig::new(DEFAULT_MAX_OBJECT_SIZE, 3)
     }

@@ -10,7 +10,10 @@
 //!   `InvalidContext`.
 //! - Bodies are streamed and counted ([`read_body_limited`]); one byte over the limit stops the
 //!   read with 413, before anything is handed to the backend; a client that sends nothing for
-//!   the idle timeout gets 408 ([`within`]).
+//!   the idle timeout gets 408 ([`within`]). A body larger than an inline object is handed on
+//!   as a stream with the same limits ([`limited_stream`]).
+//! - `Range` is one `bytes=` range (`a-b`, `a-`, `-n`) with `If-Range` ([`parse_range`]);
+//!   anything else is ignored and the whole object served, as RFC 9110 §14.2 allows.
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,8 +27,9 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::CONTEXT_HEADER;
+use crate::backend::BodyStream;
 use crate::error::{ApiError, Result};
-use crate::render::etag_from_hasher;
+use crate::render::{etag_from_hasher, http_date};
 
 /// The parsed query string of a request.
 #[derive(Debug, Default)]
@@ -168,6 +172,21 @@ impl LimitedBuffer {
         Ok(())
     }
 
+    /// Bytes held so far.
+    pub fn len(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The bytes held, without the ETag (the backend hashes a streamed body itself).
+    pub fn into_bytes(self) -> Bytes {
+        self.buf.freeze()
+    }
+
     /// The complete body and its ETag.
     pub fn finish(self) -> (Bytes, String) {
         (self.buf.freeze(), etag_from_hasher(self.hasher))
@@ -194,9 +213,191 @@ pub async fn read_body_limited(body: Body, limit: u64, idle: Duration) -> Result
     Ok(buf.finish())
 }
 
+/// What reading the start of a body found.
+pub enum BodyStart<S> {
+    /// The whole body fits inline: the bytes and their ETag.
+    Whole(Bytes, String),
+    /// More than `inline_max`: the bytes read so far and the rest of the stream.
+    Larger(Bytes, S),
+}
+
+/// Reads a body up to `inline_max` bytes: the whole body when it fits, else what was read and
+/// the rest of the stream (see [`limited_stream`]). Each piece is awaited at most `idle`; more
+/// than `limit` bytes is 413.
+pub async fn read_body_start<S, E>(
+    mut stream: S,
+    inline_max: u64,
+    limit: u64,
+    idle: Duration,
+    map_err: fn(E) -> ApiError,
+) -> Result<BodyStart<S>>
+where
+    S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+{
+    let mut buf = LimitedBuffer::new(limit);
+    while let Some(chunk) = within(idle, stream.next()).await? {
+        let chunk = chunk.map_err(map_err)?;
+        buf.push(&chunk)?;
+        if buf.len() > inline_max {
+            return Ok(BodyStart::Larger(buf.into_bytes(), stream));
+        }
+    }
+    let (bytes, etag) = buf.finish();
+    Ok(BodyStart::Whole(bytes, etag))
+}
+
+/// `first` and then the rest of a body as a [`BodyStream`]: each piece awaited at most `idle`
+/// (408 after it), the whole body at most `limit` bytes (413 past it), a read error mapped by
+/// `map_err`. The stream ends after its first error. Bounded in count by `limit` and in time by
+/// `idle` per piece.
+pub fn limited_stream<'a, S, E>(
+    first: Bytes,
+    rest: S,
+    limit: u64,
+    idle: Duration,
+    map_err: fn(E) -> ApiError,
+) -> BodyStream<'a>
+where
+    S: futures::Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin + 'a,
+    E: 'a,
+{
+    let counted = first.len() as u64;
+    let head = futures::stream::once(std::future::ready(Ok(first)));
+    let tail = futures::stream::unfold(
+        (rest, counted, false),
+        move |(mut rest, mut counted, done)| async move {
+            if done {
+                return None;
+            }
+            let item = match within(idle, rest.next()).await {
+                Err(e) => Err(e),
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => Err(map_err(e)),
+                Ok(Some(Ok(b))) => {
+                    counted += b.len() as u64;
+                    if counted > limit { Err(ApiError::EntityTooLarge { limit }) } else { Ok(b) }
+                }
+            };
+            let done = item.is_err();
+            Some((item, (rest, counted, done)))
+        },
+    );
+    Box::pin(head.chain(tail))
+}
+
+/// The body read error of a raw request.
+pub fn body_error(e: axum::Error) -> ApiError {
+    ApiError::InvalidArgument(format!("the request body could not be read: {e}"))
+}
+
+/// The byte range a `GET` serves: `Ok(None)` for the whole object (no `Range`, one the server
+/// ignores, or an `If-Range` that does not match this version), `Ok(Some(start..end))` for a
+/// satisfiable single range, 416 `InvalidRange` for one that starts past the end.
+///
+/// Ignored, as RFC 9110 §14.2 allows: units other than `bytes`, several ranges, malformed
+/// specs. `If-Range` matches a strong ETag equal to `etag`, or the exact `Last-Modified` date.
+pub fn parse_range(
+    headers: &HeaderMap,
+    size: u64,
+    etag: &str,
+    modified_ms: u64,
+) -> Result<Option<std::ops::Range<u64>>> {
+    let Some(raw) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    if let Some(cond) = headers.get(header::IF_RANGE) {
+        let cond = cond.to_str().unwrap_or("").trim();
+        let matches = if cond.starts_with('"') {
+            cond.trim_matches('"') == etag && !etag.is_empty()
+        } else {
+            cond == http_date(modified_ms)
+        };
+        if !matches {
+            return Ok(None);
+        }
+    }
+    let raw = raw.trim();
+    let Some(spec) = raw.get(..6).filter(|u| u.eq_ignore_ascii_case("bytes=")).map(|_| &raw[6..])
+    else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else { return Ok(None) };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    let unsatisfiable = ApiError::RangeNotSatisfiable { size };
+    if a.is_empty() {
+        let Some(n) = num(b) else { return Ok(None) };
+        if n == 0 || size == 0 {
+            return Err(unsatisfiable);
+        }
+        return Ok(Some(size.saturating_sub(n)..size));
+    }
+    let Some(start) = num(a) else { return Ok(None) };
+    let end = if b.is_empty() {
+        size
+    } else {
+        let Some(last) = num(b) else { return Ok(None) };
+        if last < start {
+            return Ok(None);
+        }
+        last.saturating_add(1).min(size)
+    };
+    if start >= size {
+        return Err(unsatisfiable);
+    }
+    Ok(Some(start..end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn range(value: &str, size: u64) -> Result<Option<std::ops::Range<u64>>> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, value.parse().unwrap());
+        parse_range(&h, size, "abc", 1_000)
+    }
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(range("bytes=0-0", 10).unwrap(), Some(0..1));
+        assert_eq!(range("bytes=2-5", 10).unwrap(), Some(2..6));
+        assert_eq!(range("bytes=2-", 10).unwrap(), Some(2..10));
+        assert_eq!(range("bytes=5-100", 10).unwrap(), Some(5..10), "end clipped to the size");
+        assert_eq!(range("bytes=-3", 10).unwrap(), Some(7..10), "suffix");
+        assert_eq!(range("bytes=-30", 10).unwrap(), Some(0..10), "suffix longer than the object");
+        assert_eq!(range("BYTES=1-1", 10).unwrap(), Some(1..2), "unit is case-insensitive");
+        for ignored in ["bytes=5-2", "bytes=0-1,4-5", "items=0-1", "bytes=x-", "bytes=-", "bytes"] {
+            assert_eq!(range(ignored, 10).unwrap(), None, "{ignored}");
+        }
+        for bad in ["bytes=10-", "bytes=10-20", "bytes=-0"] {
+            assert!(
+                matches!(range(bad, 10), Err(ApiError::RangeNotSatisfiable { size: 10 })),
+                "{bad}"
+            );
+        }
+        assert!(range("bytes=0-", 0).is_err(), "nothing of an empty object is satisfiable");
+    }
+
+    #[test]
+    fn if_range_serves_the_range_only_for_the_same_version() {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, "bytes=1-2".parse().unwrap());
+        h.insert(header::IF_RANGE, "\"abc\"".parse().unwrap());
+        assert_eq!(parse_range(&h, 10, "abc", 1_000).unwrap(), Some(1..3));
+        assert_eq!(parse_range(&h, 10, "other", 1_000).unwrap(), None);
+        h.insert(header::IF_RANGE, http_date(1_000).parse().unwrap());
+        assert_eq!(parse_range(&h, 10, "abc", 1_000).unwrap(), Some(1..3));
+        assert_eq!(parse_range(&h, 10, "abc", 9_000_000).unwrap(), None);
+    }
 
     #[test]
     fn content_types_are_guessed_from_the_name_when_not_given() {

@@ -124,6 +124,27 @@ pub fn etag_of(body: &[u8]) -> String {
     etag_from_hasher(h)
 }
 
+/// The ETag of a body computed as it streams, chunk by chunk (the same value as [`etag_of`]).
+#[derive(Debug, Clone, Default)]
+pub struct EtagHasher(Sha256);
+
+impl EtagHasher {
+    /// A hasher that has seen nothing.
+    pub fn new() -> Self {
+        EtagHasher(Sha256::new())
+    }
+
+    /// Feeds the next bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The ETag of everything fed.
+    pub fn finish(self) -> String {
+        etag_from_hasher(self.0)
+    }
+}
+
 /// Finishes an incremental ETag computation (the streaming upload paths feed chunks to a
 /// `Sha256` as they arrive).
 pub fn etag_from_hasher(h: Sha256) -> String {

@@ -574,6 +574,18 @@ impl cairn_api::Backend for PanickingBackend {
     ) -> cairn_api::Result<cairn_api::WriteResult> {
         Err(cairn_api::ApiError::Unavailable("no storage".into()))
     }
+    async fn put_object_stream<'a>(
+        &'a self,
+        _: cairn_api::PutStream<'a>,
+    ) -> cairn_api::Result<cairn_api::WriteResult> {
+        Err(cairn_api::ApiError::Unavailable("no storage".into()))
+    }
+    fn open_content(
+        &self,
+        _: cairn_api::OpenContent,
+    ) -> cairn_api::Result<cairn_api::BodyStream<'static>> {
+        Err(cairn_api::ApiError::Unavailable("no storage".into()))
+    }
     async fn delete_object(
         &self,
         _: cairn_api::DeleteObject,

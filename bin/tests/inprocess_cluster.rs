@@ -62,6 +62,7 @@ async fn cluster() -> Cluster {
             view: net.view(id).unwrap(),
             events: net.events(id).unwrap(),
             inbound: rx,
+            chunks: Default::default(),
         };
         let node = Node::start(parts, shutdown_rx.clone()).unwrap();
         dirs.push(dir);
@@ -79,7 +80,7 @@ fn put(key: &ObjectKey, body: &[u8], context: Option<VersionVector>) -> WriteReq
         key: key.clone(),
         op: WriteOp::Put {
             meta: Meta { size: body.len() as u64, ..Meta::default() },
-            body: body.to_vec(),
+            body: Body::Bytes(body.to_vec()),
         },
         context,
         overwrite: false,
@@ -94,7 +95,7 @@ fn values(set: &SiblingSet) -> Vec<Vec<u8>> {
         .values()
         .filter_map(|s| match &s.body {
             Body::Bytes(b) => Some(b.clone()),
-            Body::Tombstone => None,
+            Body::Tombstone | Body::Chunked(_) => None,
         })
         .collect();
     v.sort();

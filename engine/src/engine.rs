@@ -101,8 +101,8 @@ pub enum UpdateOutcome<E> {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Live keys (not deleted) per keyspace, in `Keyspace::ALL` order (object, bucket, hint).
-    pub keys: [u64; 3],
+    /// Live keys (not deleted) per keyspace, in `Keyspace::ALL` order (object, bucket, hint, chunk).
+    pub keys: [u64; 4],
     /// Keydir entries that are tombstones awaiting compaction.
     pub tombstones: u64,
     /// Bytes of records the keydir points at.
@@ -223,6 +223,17 @@ impl Engine {
     /// Reads a key's value, verifying the record's CRC. `Ok(None)` if absent or deleted.
     pub fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Value>> {
         Ok(self.inner.get(ks, key)?.map(Value))
+    }
+
+    /// Like [`Engine::get`], but the value is copied out of the mapping and the mapped pages it
+    /// covered are released from this process's resident set (they stay in the page cache). For
+    /// large values streamed once (object chunks): reading gigabytes through `get` would leave
+    /// them all counted in the process's RSS until the kernel reclaims them.
+    pub fn get_owned(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>> {
+        let Some(v) = self.inner.get(ks, key)? else { return Ok(None) };
+        let owned = Bytes::copy_from_slice(&v);
+        crate::mmap::release(&v);
+        Ok(Some(owned))
     }
 
     /// Stores a value. Returns once durable per the sync policy.
@@ -353,7 +364,7 @@ impl Engine {
     /// Counters and sizes.
     pub fn stats(&self) -> Stats {
         let inner = &*self.inner;
-        let mut keys = [0u64; 3];
+        let mut keys = [0u64; Keyspace::ALL.len()];
         let (mut tombstones, mut entries, mut keydir_bytes, mut key_bytes) = (0, 0, 0, 0);
         for ks in Keyspace::ALL {
             let kd = inner.keydirs[ks.index()].read();

@@ -97,6 +97,7 @@ fn infos_of(segment: u64, bytes: &[u8]) -> Vec<RecordInfo> {
                     record::Keyspace::Object => "object",
                     record::Keyspace::Bucket => "bucket",
                     record::Keyspace::Hint => "hint",
+                    record::Keyspace::Chunk => "chunk",
                 },
                 key: record.key.to_vec(),
                 value_len: record.value.len() as u64,

@@ -32,3 +32,32 @@ pub(crate) fn map(file: &File, len: u64) -> std::io::Result<Bytes> {
     let map: Mmap = unsafe { MmapOptions::new().len(len).map(file)? };
     Ok(Bytes::from_owner(map))
 }
+
+/// Drops this process's page-table entries for the whole pages inside `bytes`, a window of a
+/// mapping made by [`map`]: the pages stay in the page cache (and are faulted back in if read
+/// again), but stop counting in the process's resident set. Used after copying a large value out
+/// so that streaming big objects does not grow the node's RSS by the mapped file. Best effort: an
+/// error is ignored (the pages just stay mapped).
+pub(crate) fn release(bytes: &[u8]) {
+    // SAFETY: `sysconf` only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let Ok(page) = usize::try_from(page) else { return };
+    if page == 0 {
+        return;
+    }
+    let start = bytes.as_ptr() as usize;
+    let first = start.div_ceil(page) * page;
+    let last = (start + bytes.len()) / page * page;
+    if last <= first {
+        return;
+    }
+    // SAFETY: [first, last) lies inside `bytes`, which is a window of a live read-only file
+    // mapping (`map`): MAP_SHARED, PROT_READ, never written through. MADV_DONTNEED on such a
+    // mapping only discards the page-table entries; a later read faults the same file contents
+    // back in from the page cache, so every `Bytes` that shares these pages (other readers of
+    // the same records) still reads exactly what it read before. No memory is freed that Rust
+    // code owns, and nothing is written.
+    unsafe {
+        libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED);
+    }
+}

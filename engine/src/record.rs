@@ -71,6 +71,9 @@ pub const HEADER_LEN: usize = CRC_AT + 4;
 /// Longest key the format can hold.
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 
+/// How many keyspaces there are.
+pub const KEYSPACES: usize = 4;
+
 /// The separate key spaces of one engine. Each has its own ordered keydir; the same key bytes in two
 /// keyspaces are two unrelated keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,11 +84,14 @@ pub enum Keyspace {
     Bucket,
     /// Hints held for other nodes, keyed with the target node first so they list by target.
     Hint,
+    /// Chunks of large objects' contents, keyed by object key, blob id and chunk index.
+    Chunk,
 }
 
 impl Keyspace {
     /// Every keyspace, in tag order.
-    pub const ALL: [Keyspace; 3] = [Keyspace::Object, Keyspace::Bucket, Keyspace::Hint];
+    pub const ALL: [Keyspace; KEYSPACES] =
+        [Keyspace::Object, Keyspace::Bucket, Keyspace::Hint, Keyspace::Chunk];
 
     /// The on-disk tag.
     pub fn tag(self) -> u8 {
@@ -93,6 +99,7 @@ impl Keyspace {
             Keyspace::Object => 0,
             Keyspace::Bucket => 1,
             Keyspace::Hint => 2,
+            Keyspace::Chunk => 3,
         }
     }
 
@@ -102,6 +109,7 @@ impl Keyspace {
             0 => Some(Keyspace::Object),
             1 => Some(Keyspace::Bucket),
             2 => Some(Keyspace::Hint),
+            3 => Some(Keyspace::Chunk),
             _ => None,
         }
     }
@@ -117,6 +125,7 @@ impl fmt::Display for Keyspace {
             Keyspace::Object => "object",
             Keyspace::Bucket => "bucket",
             Keyspace::Hint => "hint",
+            Keyspace::Chunk => "chunk",
         })
     }
 }

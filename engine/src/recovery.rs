@@ -31,7 +31,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::hint::{self, HintEntry};
 use crate::keydir::{Keydir, Loc};
 use crate::options::Options;
-use crate::record::{RecordKind, ScanItem, Scanner};
+use crate::record::{KEYSPACES, RecordKind, ScanItem, Scanner};
 use crate::segments::{Seg, Segments, hint_path, list_segments, segment_path};
 use crate::state::{Counters, Inner};
 use crate::writer::Writer;
@@ -82,7 +82,7 @@ pub(crate) fn scan_segment(id: u64, bytes: &[u8]) -> ScanResult {
 /// Keydir entries of every segment in log order, per keyspace; turned into the keydir at the end of
 /// the open by a bulk build (`BTreeMap::from_iter` sorts stably and keeps the *last* entry of equal
 /// keys, i.e. the newest record, and packs nodes full: about half the memory of one-by-one inserts).
-type Pending = [Vec<(Box<[u8]>, Loc)>; 3];
+type Pending = [Vec<(Box<[u8]>, Loc)>; KEYSPACES];
 
 /// Appends a segment's entries to the pending keydir, in order.
 fn apply_entries(pending: &mut Pending, handle: u32, entries: Vec<HintEntry>) -> Result<()> {
@@ -101,7 +101,7 @@ fn apply_entries(pending: &mut Pending, handle: u32, entries: Vec<HintEntry>) ->
 
 /// Builds the keydirs from the pending entries and sets each segment's live bytes; returns the
 /// keydirs and the total live bytes.
-fn build_keydirs(pending: Pending, segments: &Segments) -> ([Keydir; 3], u64) {
+fn build_keydirs(pending: Pending, segments: &Segments) -> ([Keydir; KEYSPACES], u64) {
     let mut live_bytes = 0;
     let keydirs = pending.map(|entries| {
         let map: BTreeMap<Box<[u8]>, Loc> = entries.into_iter().collect();

@@ -20,7 +20,7 @@ use crate::commit::GroupCommit;
 use crate::error::{Error, Result};
 use crate::keydir::{Keydir, Loc};
 use crate::options::{Options, SyncPolicy};
-use crate::record::{self, Keyspace, RecordKind};
+use crate::record::{self, KEYSPACES, Keyspace, RecordKind};
 use crate::segments::Segments;
 use crate::writer::Writer;
 
@@ -48,7 +48,7 @@ pub(crate) struct Inner {
     pub _lock: File,
     /// One ordered index per keyspace. `RwLock`: reads (gets, scans) vastly outnumber writes and must
     /// run in parallel. Lock order: stripe → writer → keydir → segments.
-    pub keydirs: [RwLock<Keydir>; 3],
+    pub keydirs: [RwLock<Keydir>; KEYSPACES],
     /// Handle → mapped segment. `RwLock`: read on every get, written only at roll-over and compaction.
     pub segments: RwLock<Segments>,
     /// The appender. `Mutex`: appends are serialised, held only for the `pwrite` and keydir insert.
@@ -101,7 +101,7 @@ impl Inner {
         dir: &Path,
         opts: Options,
         lock: File,
-        keydirs: [Keydir; 3],
+        keydirs: [Keydir; KEYSPACES],
         segments: Segments,
         writer: Writer,
         counters: Counters,

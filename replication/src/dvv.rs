@@ -104,6 +104,61 @@ pub enum Body {
     Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A delete: kept as a sibling so the delete replicates and wins over what it saw.
     Tombstone,
+    /// A large object's manifest: its content is in chunks stored beside the set on the same
+    /// replicas (`crate::node::chunks`), named by the object key, the blob id and the index.
+    Chunked(Chunked),
+}
+
+/// The manifest of a chunked version: which blob holds its content and how it is cut.
+///
+/// A replica that holds a set with this sibling holds every chunk of the blob: a node merges a
+/// manifest only after fetching the chunks it lacks (the executor's job, before the merge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Chunked {
+    /// Random id of the upload, unique per object key: names the chunks.
+    pub blob: u64,
+    /// Content length in bytes.
+    pub size: u64,
+    /// Length of every chunk but the last (1 B..=8 MiB).
+    pub chunk_size: u32,
+}
+
+impl Chunked {
+    /// Longest chunk a manifest may declare.
+    pub const MAX_CHUNK_SIZE: u32 = 8 << 20;
+
+    /// Number of chunks (0 for an empty blob).
+    pub fn chunks(&self) -> u32 {
+        if self.chunk_size == 0 {
+            return 0;
+        }
+        u32::try_from(self.size.div_ceil(u64::from(self.chunk_size))).unwrap_or(u32::MAX)
+    }
+
+    /// Length of chunk `index` (0 past the end).
+    pub fn chunk_len(&self, index: u32) -> u64 {
+        let start = u64::from(index) * u64::from(self.chunk_size);
+        self.size.saturating_sub(start).min(u64::from(self.chunk_size))
+    }
+
+    /// The chunks covering bytes `start..end` (end exclusive), as a range of indexes.
+    pub fn chunks_for(&self, start: u64, end: u64) -> std::ops::Range<u32> {
+        if self.chunk_size == 0 || start >= end {
+            return 0..0;
+        }
+        let cs = u64::from(self.chunk_size);
+        let first = u32::try_from(start / cs).unwrap_or(u32::MAX);
+        let last = u32::try_from(end.div_ceil(cs)).unwrap_or(u32::MAX);
+        first..last.min(self.chunks())
+    }
+
+    /// Whether the manifest is well formed (a chunk size within bounds, a countable number of
+    /// chunks).
+    pub fn is_valid(&self) -> bool {
+        self.chunk_size > 0
+            && self.chunk_size <= Self::MAX_CHUNK_SIZE
+            && self.size.div_ceil(u64::from(self.chunk_size)) <= u64::from(u32::MAX)
+    }
 }
 
 impl Sibling {
@@ -120,6 +175,14 @@ impl Sibling {
     /// True when this sibling records a delete.
     pub fn is_tombstone(&self) -> bool {
         matches!(self.body, Body::Tombstone)
+    }
+
+    /// The manifest, when the content is chunked.
+    pub fn chunked(&self) -> Option<&Chunked> {
+        match &self.body {
+            Body::Chunked(c) => Some(c),
+            _ => None,
+        }
     }
 }
 
@@ -670,7 +733,7 @@ mod tests {
         s.live()
             .map(|d| match &d.value.body {
                 Body::Bytes(b) => b.clone(),
-                Body::Tombstone => Vec::new(),
+                Body::Tombstone | Body::Chunked(_) => Vec::new(),
             })
             .collect()
     }

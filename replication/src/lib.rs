@@ -79,7 +79,7 @@ pub mod ring;
 pub mod vclock;
 
 pub use context::Context;
-pub use dvv::{Body, Dotted, Meta, SetSummary, Sibling, SiblingSet};
+pub use dvv::{Body, Chunked, Dotted, Meta, SetSummary, Sibling, SiblingSet};
 pub use error::{Error, Result};
 pub use hints::{Delivery, HintBook, HintEntry};
 pub use id::{Actor, NodeId};

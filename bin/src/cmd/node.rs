@@ -76,6 +76,16 @@ pub struct Args {
     /// reclaimed, e.g. `1h`, `10m`, `5s`; `off` never collects [default: 1h].
     #[arg(long, env = "CAIRN_TOMBSTONE_GRACE")]
     pub tombstone_grace: Option<String>,
+    /// Memory this node may hold in large-object buffers (uploads and downloads of objects
+    /// above 1 MiB, a few 1 MiB chunks each), in MiB; past it new large requests get 503
+    /// `SlowDown` [default: 256].
+    #[arg(long, env = "CAIRN_MAX_INFLIGHT_MIB")]
+    pub max_inflight_mib: Option<u64>,
+    /// How long a large object's chunks must stay unreferenced (superseded, deleted, or left by
+    /// an upload that never finished) and unused before they are deleted, e.g. `10m`, `30s`
+    /// [default: 10m].
+    #[arg(long, env = "CAIRN_CHUNK_GRACE")]
+    pub chunk_grace: Option<String>,
     /// File holding the cluster secret (64 hex chars, a swarm.key, or a passphrase of 16+ chars).
     #[arg(long, env = "CAIRN_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
@@ -95,7 +105,8 @@ pub struct Args {
     /// interval:MS, or never [default: always].
     #[arg(long, env = "CAIRN_SYNC")]
     pub sync: Option<String>,
-    /// Largest object accepted, in bytes [default: 33554432 (32 MiB)].
+    /// Largest object accepted, in bytes [default: 5368709120 (5 GiB)]. Objects above 1 MiB are
+    /// streamed and stored in chunks, so a large limit costs no memory.
     #[arg(long, env = "CAIRN_MAX_OBJECT_SIZE")]
     pub max_object_size: Option<u64>,
     /// Ring partitions, a power of two, the same on every node [default: 256].
@@ -147,6 +158,8 @@ struct FileSettings {
     handoff_rate: Option<f64>,
     anti_entropy_interval: Option<String>,
     tombstone_grace: Option<String>,
+    max_inflight_mib: Option<u64>,
+    chunk_grace: Option<String>,
 }
 
 /// A setting that is missing or wrong: printed as one line, exit code 2.
@@ -193,6 +206,8 @@ pub struct NodeConfig {
     anti_entropy_interval: Duration,
     /// Tombstone grace (`None`: collection off).
     tombstone_grace: Option<Duration>,
+    /// Large objects: memory budget and chunk grace.
+    chunks: cairn_node::node::chunks::ChunkSettings,
 }
 
 /// The engine's directory inside the data directory (it also holds the cluster state file).
@@ -310,10 +325,9 @@ impl NodeConfig {
             .map_err(|e| bad(format!("--sync {sync_raw:?}: {e} (always | interval:MS | never)")))?;
         let max_object_size = pick(args.max_object_size, file.max_object_size)
             .unwrap_or(cairn_api::DEFAULT_MAX_OBJECT_SIZE);
-        if max_object_size == 0 || max_object_size > cairn_engine::MAX_VALUE_SIZE_LIMIT / 8 {
+        if max_object_size == 0 || max_object_size > MAX_OBJECT_SIZE_LIMIT {
             return Err(bad(format!(
-                "--max-object-size {max_object_size}: must be between 1 and {}",
-                cairn_engine::MAX_VALUE_SIZE_LIMIT / 8
+                "--max-object-size {max_object_size}: must be between 1 and {MAX_OBJECT_SIZE_LIMIT}"
             )));
         }
         let partitions = pick(args.partitions, file.partitions).unwrap_or(256);
@@ -374,7 +388,25 @@ impl NodeConfig {
                 Some(Duration::from_millis(cairn_replication::node::DEFAULT_TOMBSTONE_GRACE_MS))
             }
         };
+        let max_inflight_mib = pick(args.max_inflight_mib, file.max_inflight_mib)
+            .unwrap_or(cairn_node::node::chunks::DEFAULT_MAX_INFLIGHT_BYTES >> 20);
+        if !(8..=1 << 20).contains(&max_inflight_mib) {
+            return Err(bad("--max-inflight-mib must be between 8 and 1048576"));
+        }
+        let chunk_grace = match pick(args.chunk_grace, file.chunk_grace) {
+            Some(raw) => crate::cmd::bench::parse_duration(&raw)
+                .map_err(|e| bad(format!("--chunk-grace: {e}")))?,
+            None => cairn_node::node::chunks::DEFAULT_CHUNK_GRACE,
+        };
+        if chunk_grace < Duration::from_secs(1) {
+            return Err(bad("--chunk-grace must be at least 1s"));
+        }
+        let chunks = cairn_node::node::chunks::ChunkSettings {
+            max_inflight_bytes: max_inflight_mib << 20,
+            grace: chunk_grace,
+        };
         Ok(NodeConfig {
+            chunks,
             handoff_rate_bytes: (handoff_rate * 1e6) as u64,
             anti_entropy_interval,
             tombstone_grace,
@@ -448,7 +480,8 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
     mcfg.phi_threshold = cfg.phi_threshold;
     mcfg.mdns = cfg.mdns;
     mcfg.request_timeout = cfg.request_timeout;
-    // Sibling sets travel whole: the largest message is the largest stored set plus framing.
+    // Sibling sets travel whole (their inline values are at most 1 MiB; larger objects are
+    // chunks of 1 MiB): the largest message is the largest stored set plus framing.
     mcfg.max_message_size = engine_max_value(cfg.max_object_size) as usize + (1 << 20);
     let (membership, inbound) = Membership::start(mcfg).await.context("starting membership")?;
 
@@ -486,6 +519,7 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
         view: membership.view(),
         events: membership.events(),
         inbound,
+        chunks: cfg.chunks,
     };
     let node = Node::start(parts, shutdown_rx).context("assembling the node")?;
 
@@ -557,10 +591,16 @@ async fn open_engine(dir: &Path, cfg: &NodeConfig) -> Result<Arc<Engine>> {
     Ok(Arc::new(engine))
 }
 
-/// Largest stored sibling set: room for four concurrent versions of the largest object plus
-/// metadata. A write that would store more is refused (409) and the client resolves the siblings.
+/// Largest object `--max-object-size` accepts (5 TiB, S3's limit).
+const MAX_OBJECT_SIZE_LIMIT: u64 = 5 << 40;
+
+/// Largest stored sibling set: room for four concurrent versions of the largest inline object
+/// plus metadata (larger objects are manifests of a few dozen bytes; their chunks are 1 MiB). A
+/// write that would store more is refused (409) and the client resolves the siblings.
 fn engine_max_value(max_object_size: u64) -> u64 {
     max_object_size
+        .min(cairn_api::DEFAULT_INLINE_MAX)
+        .max(u64::from(cairn_node::node::chunks::CHUNK_SIZE))
         .saturating_mul(4)
         .saturating_add(1 << 20)
         .min(cairn_engine::MAX_VALUE_SIZE_LIMIT)

@@ -5,19 +5,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cairn_api::{
-    ApiError, Backend, BucketInfo as ApiBucket, BucketName, BucketReport,
+    ApiError, Backend, BodyStream, BucketInfo as ApiBucket, BucketName, BucketReport,
     ConflictPolicy as ApiPolicy, DeleteObject, FileEntry, FileList, GetObject, Health, ListFiles,
-    MemberChange, ObjectName, PutObject, ReadResult, WriteResult,
+    MemberChange, ObjectName, OpenContent, PutObject, PutStream, ReadResult, WriteResult,
 };
 use cairn_membership::Transport;
 use cairn_replication::layout::Change;
 use cairn_replication::quorum::ReadReport;
-use cairn_replication::{Context, Meta};
+use cairn_replication::{Body, Context, Meta, NodeId};
 use serde_json::{Map, Value, json};
 
 use cairn_replication::node::BucketOutcome;
 
 use crate::node::buckets::{BucketInfo, ConflictPolicy};
+use crate::node::chunks::{Download, Upload};
 use crate::node::keys::ObjectKey;
 use crate::node::messages::{WriteOp, WriteRequest};
 use crate::node::{Node, NodeError, now_ms};
@@ -196,7 +197,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
         };
         let wr = WriteRequest {
             key: Self::key(&info, &req.name),
-            op: WriteOp::Put { meta: meta.clone(), body: req.body.to_vec() },
+            op: WriteOp::Put { meta: meta.clone(), body: Body::Bytes(req.body.to_vec()) },
             context: req.context.map(|c| c.0),
             overwrite: req.overwrite,
             w: req.w.unwrap_or(self.node.config().w),
@@ -204,6 +205,43 @@ impl<T: Transport> Backend for NodeBackend<T> {
             excluded: Vec::new(),
         };
         self.write(wr, meta).await
+    }
+
+    async fn put_object_stream<'a>(&'a self, req: PutStream<'a>) -> Result<WriteResult, ApiError> {
+        let info = self.live_bucket(&req.bucket).await?;
+        let meta = Meta {
+            size: 0,
+            content_type: req.content_type,
+            etag: String::new(),
+            timestamp_ms: now_ms(),
+            file_name: req.file_name,
+        };
+        let up = Upload {
+            key: Self::key(&info, &req.name),
+            meta,
+            context: req.context.map(|c| c.0),
+            overwrite: req.overwrite,
+            w: req.w.unwrap_or(self.node.config().w),
+            lww: info.policy == ConflictPolicy::Lww,
+        };
+        let (outcome, meta) = self.node.upload(up, req.body).await?;
+        Ok(WriteResult {
+            node: outcome.node,
+            dot: outcome.dot,
+            meta,
+            context: Context(outcome.context),
+            report: outcome.report,
+        })
+    }
+
+    fn open_content(&self, req: OpenContent) -> Result<BodyStream<'static>, ApiError> {
+        let key = ObjectKey {
+            bucket: req.bucket.as_str().to_owned(),
+            incarnation: req.incarnation,
+            name: req.name.as_str().to_owned(),
+        };
+        let holders = req.holders.into_iter().filter_map(|h| NodeId::new(h).ok()).collect();
+        self.node.open_content(Download { key, manifest: req.manifest, range: req.range, holders })
     }
 
     async fn delete_object(&self, req: DeleteObject) -> Result<WriteResult, ApiError> {
@@ -256,7 +294,12 @@ impl<T: Transport> Backend for NodeBackend<T> {
                 }
             }
         };
-        Ok(ReadResult { node: outcome.node, set: outcome.set, report })
+        Ok(ReadResult {
+            node: outcome.node,
+            set: outcome.set,
+            report,
+            incarnation: info.incarnation,
+        })
     }
 
     async fn cluster(&self) -> Result<Value, ApiError> {

@@ -23,10 +23,12 @@
 //! - [`server`]: peers' requests from the data plane into the core.
 //! - [`store`]: [`Store`], the engine-backed [`cairn_replication::node::LocalStore`].
 //! - [`backend`]: the node as the API's `Backend`.
+//! - [`chunks`]: large objects' chunks: upload, download, fetching before a merge, collection.
 //! - [`identity`]: the actor epoch kept in the data directory.
 //! - [`metrics`]: the core's counters in the Prometheus text format.
 
 pub mod backend;
+pub mod chunks;
 pub mod identity;
 pub mod metrics;
 pub mod server;
@@ -84,6 +86,8 @@ pub struct Parts<T> {
     pub events: broadcast::Receiver<MemberEvent>,
     /// Requests from other nodes.
     pub inbound: mpsc::Receiver<InboundRequest>,
+    /// Large objects: memory budget and collection grace.
+    pub chunks: chunks::ChunkSettings,
 }
 
 /// A running node (see the module documentation). Cheap to share through `Arc`.
@@ -118,6 +122,8 @@ pub struct Node<T: Transport> {
     /// A second receiver of the view, only to tell cheaply (no allocation) whether it changed
     /// since the core was last told, before stepping a request (see [`Node::step_into`]).
     view_seen: Mutex<watch::Receiver<MemberView>>,
+    /// Large objects' chunks: budget, collector, counters.
+    chunks: chunks::Chunks,
 }
 
 impl<T: Transport> Node<T> {
@@ -165,10 +171,12 @@ impl<T: Transport> Node<T> {
             stepped: Notify::new(),
             view_seen: Mutex::new(parts.view.clone()),
             view: parts.view,
+            chunks: chunks::Chunks::new(parts.chunks),
         });
         node.step(Event::View { up: node.reachable() });
         tokio::spawn(server::serve(Arc::clone(&node), parts.inbound));
         tokio::spawn(watch_membership(Arc::clone(&node), parts.events, shutdown.clone()));
+        tokio::spawn(chunks::run_collector(Arc::clone(&node), shutdown.clone()));
         tokio::spawn(run_timers(Arc::clone(&node), shutdown));
         Ok(node)
     }
@@ -388,9 +396,26 @@ impl<T: Transport> Node<T> {
                 Action::Store { id, op } => {
                     let durable =
                         matches!(op, StoreOp::WaitDurable { lsn } if self.store.is_durable(lsn));
+                    let incoming = op.incoming_manifests();
                     if durable {
                         let result = Ok(StoreResult::Durable);
                         self.step_into(Event::Stored { id, result }, &mut queue);
+                    } else if !incoming.is_empty() {
+                        // Chunks first (fetched from peers when missing), then the merge.
+                        let node = Arc::clone(self);
+                        tokio::spawn(async move {
+                            if let Err(e) = node.ensure_chunks(&op, incoming).await {
+                                node.step(Event::Stored { id, result: Err(e) });
+                                return;
+                            }
+                            let n = Arc::clone(&node);
+                            let result = tokio::task::spawn_blocking(move || execute(&n.store, op))
+                                .await
+                                .unwrap_or_else(|e| {
+                                    Err(NodeError::Internal(format!("store task: {e}")))
+                                });
+                            node.step(Event::Stored { id, result });
+                        });
                     } else if op.is_read() {
                         let result = execute(&self.store, op);
                         self.step_into(Event::Stored { id, result }, &mut queue);

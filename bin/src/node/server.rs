@@ -32,6 +32,10 @@ pub async fn serve<T: Transport>(node: Arc<Node<T>>, mut inbound: mpsc::Receiver
             }
         };
         let node = Arc::clone(&node);
+        if matches!(request, Request::PutChunk { .. } | Request::GetChunk { .. }) {
+            tokio::spawn(async move { node.serve_chunk(request, req.reply).await });
+            continue;
+        }
         tokio::spawn(async move {
             let id = node.fresh_id();
             node.inbound.lock().insert(id, req.reply);

@@ -12,13 +12,14 @@
 //! engine directory, [`CLUSTER_STATE_FILE`], replaced atomically (write, fsync, rename, fsync the
 //! directory) on every change; saves that finish out of order never replace a newer state.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use cairn_engine::{Engine, Keyspace, Pending, Update, UpdateOutcome, Value};
 use cairn_replication::aae::{self, Trees};
 use cairn_replication::node::buckets::BucketEntry;
-use cairn_replication::node::keys::{HintKey, ObjectKey, bucket_prefix};
+use cairn_replication::node::keys::{ChunkKey, HintKey, ObjectKey, blob_prefix, bucket_prefix};
 use cairn_replication::node::{
     BucketChange, ClusterState, Coordinated, HintSet, ListEntry, LocalStore, LocalWrite, ScanPage,
     in_partitions,
@@ -406,6 +407,85 @@ impl Store {
     /// Makes every write so far durable.
     pub fn sync(&self) -> Result<()> {
         self.engine.sync().map_err(storage)
+    }
+
+    /// Stores one chunk durably (a chunk's bytes never change, so storing it twice is harmless).
+    pub fn put_chunk(&self, chunk: &ChunkKey, data: &[u8]) -> Result<()> {
+        self.engine.put(Keyspace::Chunk, &chunk.encode(), data).map_err(storage)
+    }
+
+    /// One chunk's bytes, if held: copied out of the mapped segment, whose pages are then
+    /// released from the node's resident set (streaming a large object must not grow the RSS by
+    /// the file's size; `Engine::get_owned`).
+    pub fn get_chunk(&self, chunk: &ChunkKey) -> Result<Option<bytes::Bytes>> {
+        self.engine.get_owned(Keyspace::Chunk, &chunk.encode()).map_err(storage)
+    }
+
+    /// The indexes of a blob's chunks this store holds (keydir only, no I/O).
+    pub fn chunks_held(&self, key: &ObjectKey, blob: u64) -> BTreeSet<u32> {
+        let prefix = blob_prefix(key, blob);
+        let mut out = BTreeSet::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page =
+                self.engine.keys_with_prefix(Keyspace::Chunk, &prefix, after.as_deref(), 4096);
+            let Some(last) = page.last().cloned() else { break };
+            out.extend(page.iter().filter_map(|k| ChunkKey::decode(k)).map(|c| c.index));
+            after = Some(last);
+        }
+        out
+    }
+
+    /// One page of the distinct blobs stored, in key order, after `after` (a chunk engine key):
+    /// `(object, blob)` and the cursor for the next page (`None`: the scan is complete).
+    pub fn chunk_blobs(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> (Vec<(ObjectKey, u64)>, Option<Vec<u8>>) {
+        let keys = self.engine.keys_with_prefix(Keyspace::Chunk, &[], after, limit);
+        let next = (keys.len() == limit).then(|| keys.last().cloned()).flatten();
+        let mut out: Vec<(ObjectKey, u64)> = Vec::new();
+        for k in &keys {
+            if let Some(c) = ChunkKey::decode(k)
+                && out.last().is_none_or(|(key, blob)| *key != c.key || *blob != c.blob)
+            {
+                out.push((c.key, c.blob));
+            }
+        }
+        (out, next)
+    }
+
+    /// The blobs the sets of `key` here reference: its replica and its hints for `owners`.
+    pub fn blobs_referenced(&self, key: &ObjectKey, owners: &[NodeId]) -> Result<BTreeSet<u64>> {
+        let mut out = BTreeSet::new();
+        let mut add = |set: &SiblingSet| {
+            out.extend(set.siblings().iter().filter_map(|s| s.value.chunked()).map(|c| c.blob));
+        };
+        if let Some(set) = self.replica(key)? {
+            add(&set);
+        }
+        let hint = HintKey::Object(key.clone());
+        for owner in owners {
+            if let Some(set) =
+                get_set::<Sibling>(&self.engine, Keyspace::Hint, &hint.encode(owner.as_str()))?
+            {
+                add(&set);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every chunk of a blob; returns how many.
+    pub fn delete_blob(&self, key: &ObjectKey, blob: u64) -> Result<u64> {
+        let mut n = 0;
+        for index in self.chunks_held(key, blob) {
+            let ck = ChunkKey { key: key.clone(), blob, index };
+            if self.engine.delete(Keyspace::Chunk, &ck.encode()).map_err(storage)? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }
 

@@ -143,6 +143,7 @@ impl TestCluster {
                 view: net.view(id).unwrap(),
                 events: net.events(id).unwrap(),
                 inbound,
+                chunks: Default::default(),
             };
             let node = Node::start(parts, shutdown_rx.clone()).unwrap();
             nodes.push(node);
@@ -230,7 +231,7 @@ impl TestCluster {
             .values()
             .filter_map(|s| match &s.body {
                 Body::Bytes(b) => Some(b.clone()),
-                Body::Tombstone => None,
+                Body::Tombstone | Body::Chunked(_) => None,
             })
             .collect();
         out.sort();

@@ -85,6 +85,11 @@ impl NodeCore {
                     StoreCont::Inbound { id, hint: None },
                 );
             }
+            // Chunks are bytes the executor serves from its store; a core never sees them.
+            Request::PutChunk { .. } | Request::GetChunk { .. } => self.respond_error(
+                id,
+                Error::Internal("chunk requests are served by the executor".into()),
+            ),
             r @ (Request::Status { .. }
             | Request::Prepare { .. }
             | Request::Accept { .. }

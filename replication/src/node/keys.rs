@@ -10,6 +10,9 @@
 //! - Hint keyspace: `owner 0x00 kind rest`, where kind is `o` (rest = an object key) or `b`
 //!   (rest = a bucket name). Node ids never contain NUL, so the hints for one owner are one
 //!   prefix range.
+//! - Chunk keyspace: `object key 0x00 blob(u64 BE) index(u32 BE)` ([`ChunkKey`]). Object names
+//!   never contain NUL, so `object key 0x00` is an exact prefix for one object's chunks and
+//!   `object key 0x00 blob` for one blob's, in index order.
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +57,56 @@ pub fn bucket_prefix(bucket: &str, incarnation: u64) -> Vec<u8> {
     k.extend_from_slice(bucket.as_bytes());
     k.push(0);
     k.extend_from_slice(&incarnation.to_be_bytes());
+    k
+}
+
+/// The engine key of one chunk of a large object's content.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChunkKey {
+    /// The object.
+    pub key: ObjectKey,
+    /// The blob (one upload's content, [`crate::dvv::Chunked::blob`]).
+    pub blob: u64,
+    /// The chunk's index in the blob.
+    pub index: u32,
+}
+
+/// Bytes after an object key in a chunk key: NUL, blob, index.
+const CHUNK_SUFFIX: usize = 1 + 8 + 4;
+
+impl ChunkKey {
+    /// The engine key.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut k = blob_prefix(&self.key, self.blob);
+        k.extend_from_slice(&self.index.to_be_bytes());
+        k
+    }
+
+    /// Parses an engine key written by [`ChunkKey::encode`].
+    pub fn decode(bytes: &[u8]) -> Option<ChunkKey> {
+        let split = bytes.len().checked_sub(CHUNK_SUFFIX)?;
+        let (obj, suffix) = bytes.split_at(split);
+        if suffix[0] != 0 {
+            return None;
+        }
+        let key = ObjectKey::decode(obj)?;
+        let blob = u64::from_be_bytes(suffix[1..9].try_into().ok()?);
+        let index = u32::from_be_bytes(suffix[9..13].try_into().ok()?);
+        Some(ChunkKey { key, blob, index })
+    }
+}
+
+/// The engine-key prefix of every chunk of one object.
+pub fn object_chunks_prefix(key: &ObjectKey) -> Vec<u8> {
+    let mut k = key.encode();
+    k.push(0);
+    k
+}
+
+/// The engine-key prefix of every chunk of one blob of an object.
+pub fn blob_prefix(key: &ObjectKey, blob: u64) -> Vec<u8> {
+    let mut k = object_chunks_prefix(key);
+    k.extend_from_slice(&blob.to_be_bytes());
     k
 }
 
@@ -111,6 +164,24 @@ mod tests {
 
     fn key(bucket: &str, inc: u64, name: &str) -> ObjectKey {
         ObjectKey { bucket: bucket.into(), incarnation: inc, name: name.into() }
+    }
+
+    #[test]
+    fn chunk_keys_round_trip_and_group_by_object_and_blob() {
+        let k = key("photos", 0x0000_0100_0000_0000, "2024/cat.jpg");
+        let c = ChunkKey { key: k.clone(), blob: 0x00ff_0000_0000_0001, index: 7 };
+        assert_eq!(ChunkKey::decode(&c.encode()), Some(c.clone()));
+        assert!(c.encode().starts_with(&blob_prefix(&k, c.blob)));
+        assert!(c.encode().starts_with(&object_chunks_prefix(&k)));
+        let other = key("photos", 0x0000_0100_0000_0000, "2024/cat.jpg2");
+        assert!(
+            !ChunkKey { key: other, blob: 1, index: 0 }
+                .encode()
+                .starts_with(&object_chunks_prefix(&k))
+        );
+        let next = ChunkKey { index: 8, ..c.clone() };
+        assert!(c.encode() < next.encode(), "chunks list in index order");
+        assert_eq!(ChunkKey::decode(b"short"), None);
     }
 
     #[test]

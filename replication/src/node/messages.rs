@@ -29,6 +29,10 @@
 //!   its (key, clock digest) lists of some segments (`Digests`), and a merge of the sender's sets
 //!   answered with the receiver's sets of the keys wanted (`Page`).
 //!
+//! - `PutChunk` / `GetChunk` store and fetch one chunk of a large object's content
+//!   (`node::chunks`); they never reach the protocol's state machine: the executor serves them
+//!   from its store (`Stored`, `Chunk`).
+//!
 //! Errors come back as `Response::Error` with a stable code; transport failures (timeout,
 //! unreachable) are the transport's errors.
 
@@ -36,10 +40,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dvv::{Meta, SiblingSet};
+use crate::dvv::{Body, Meta, SiblingSet};
 use crate::layout::Layout;
 use crate::node::buckets::BucketEntry;
-use crate::node::keys::ObjectKey;
+use crate::node::keys::{ChunkKey, ObjectKey};
 use crate::paxos::{Ballot, Vote};
 use crate::quorum::WriteReport;
 use crate::vclock::{Dot, VersionVector};
@@ -167,6 +171,20 @@ pub enum Request {
         /// Keys and version vectors.
         keys: Vec<(ObjectKey, VersionVector)>,
     },
+    /// Store one chunk of a large object's content durably (idempotent: a chunk's bytes never
+    /// change).
+    PutChunk {
+        /// Which chunk.
+        chunk: ChunkKey,
+        /// Its bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Send back one chunk (`Chunk { data: None }` when the receiver does not hold it).
+    GetChunk {
+        /// Which chunk.
+        chunk: ChunkKey,
+    },
     /// Merge `entries` into the receiver's replicas, then send back its sets of `want`.
     Repair {
         /// Keys with the sender's sets.
@@ -217,9 +235,9 @@ pub enum WriteOp {
     Put {
         /// Its metadata.
         meta: Meta,
-        /// Its content.
-        #[serde(with = "serde_bytes")]
-        body: Vec<u8>,
+        /// Its content: inline bytes, or a manifest whose chunks the writer has stored on the
+        /// replicas (a coordinator lacking some fetches them before it writes).
+        body: Body,
     },
     /// Delete (write a tombstone).
     Delete {
@@ -315,6 +333,14 @@ pub enum Response {
     Digests {
         /// The pairs.
         entries: Vec<(ObjectKey, u64)>,
+    },
+    /// A chunk is durable (`PutChunk`).
+    Stored,
+    /// A chunk's bytes (`GetChunk`); `None` when not held.
+    Chunk {
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Option<Vec<u8>>,
     },
     /// The request failed at the receiver.
     Error {

@@ -88,8 +88,8 @@ pub use messages::{
     ListEntry, NodeStatus, Request, Response, SyncProgress, WriteOp, WriteOutcome, WriteRequest,
 };
 pub use store::{
-    BucketChange, Coordinated, HintSet, LocalStore, LocalWrite, ScanPage, StoreOp, StoreResult,
-    execute, in_partitions,
+    BucketChange, Coordinated, HintSet, IncomingManifest, LocalStore, LocalWrite, ScanPage,
+    StoreOp, StoreResult, execute, in_partitions,
 };
 
 /// Milliseconds of a monotonic clock, from an origin the executor chooses.
@@ -298,8 +298,8 @@ pub enum ClientOp {
         key: ObjectKey,
         /// Its metadata (the executor sets the wall-clock timestamp).
         meta: Meta,
-        /// Its content.
-        body: Vec<u8>,
+        /// Its content: inline bytes, or the manifest of chunks already stored on the replicas.
+        body: crate::dvv::Body,
         /// The causal context the client read (`None`: a blind write).
         context: Option<VersionVector>,
         /// Supersede everything the coordinator holds.
@@ -1202,6 +1202,8 @@ fn describe(r: &Response) -> String {
         Response::Digests { .. } => "an unexpected Digests".into(),
         Response::TombstoneVotes { .. } => "an unexpected TombstoneVotes".into(),
         Response::Collected { .. } => "an unexpected Collected".into(),
+        Response::Stored => "an unexpected Stored".into(),
+        Response::Chunk { .. } => "an unexpected Chunk".into(),
     }
 }
 

@@ -707,6 +707,56 @@ pub enum StoreResult {
     Dropped(u64, Option<Vec<u8>>),
 }
 
+/// A chunked version an operation would merge into the local store: the executor fetches the
+/// chunks the store lacks before it runs the operation, so a replica never holds a manifest
+/// without its content (`node::chunks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingManifest {
+    /// The object.
+    pub key: ObjectKey,
+    /// The version's dot (`None` for a coordinator's new write: it has none yet). A replica whose
+    /// history already covers the dot will not keep the version, and needs no chunks for it.
+    pub dot: Option<crate::vclock::Dot>,
+    /// The manifest.
+    pub manifest: crate::dvv::Chunked,
+}
+
+impl StoreOp {
+    /// The chunked versions this operation would merge (see [`IncomingManifest`]).
+    pub fn incoming_manifests(&self) -> Vec<IncomingManifest> {
+        fn of_set(key: &ObjectKey, set: &SiblingSet, out: &mut Vec<IncomingManifest>) {
+            for s in set.siblings() {
+                if let Some(m) = s.value.chunked() {
+                    out.push(IncomingManifest {
+                        key: key.clone(),
+                        dot: Some(s.dot.clone()),
+                        manifest: *m,
+                    });
+                }
+            }
+        }
+        let mut out = Vec::new();
+        match self {
+            StoreOp::Coordinate { key, write, .. } => {
+                if let Some(m) = write.value.chunked() {
+                    out.push(IncomingManifest { key: key.clone(), dot: None, manifest: *m });
+                }
+            }
+            StoreOp::Apply { key, set } => of_set(key, set, &mut out),
+            StoreOp::StoreHint { key: HintKey::Object(key), set: HintSet::Object(set), .. } => {
+                of_set(key, set, &mut out)
+            }
+            StoreOp::ApplyBatch { entries } | StoreOp::Repair { entries, .. } => {
+                for (key, set) in entries {
+                    of_set(key, set, &mut out);
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
 /// Runs `op` on `store`.
 pub fn execute<S: LocalStore + ?Sized>(store: &S, op: StoreOp) -> Result<StoreResult> {
     Ok(match op {

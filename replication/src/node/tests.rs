@@ -41,7 +41,7 @@ fn put(key: &ObjectKey) -> ClientOp {
     ClientOp::Put {
         key: key.clone(),
         meta: Meta::default(),
-        body: b"x".to_vec(),
+        body: crate::Body::Bytes(b"x".to_vec()),
         context: None,
         overwrite: false,
         w: 2,

@@ -234,7 +234,7 @@ impl NodeCore {
             .cloned()
             .collect();
         let value = match req.op {
-            WriteOp::Put { meta, body } => Sibling::bytes(meta, body),
+            WriteOp::Put { meta, body } => Sibling { meta, body },
             WriteOp::Delete { timestamp_ms } => Sibling::tombstone(timestamp_ms),
         };
         let write = LocalWrite {
