@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_api::{
     ApiError, Backend, BodyStream, BucketInfo as ApiBucket, BucketName, BucketReport,
@@ -99,6 +100,26 @@ fn tombstones_json<T: Transport>(node: &Node<T>) -> Value {
         "rounds": stats.tombstone_rounds,
         "objects_reclaimed": stats.objects_reclaimed,
         "counter_floor": node.store.counter_floor(),
+    })
+}
+
+/// The node's large-object chunks for `/cluster`.
+fn chunks_json<T: Transport>(node: &Node<T>) -> Value {
+    let c = &node.chunks().stats;
+    let settings = node.chunks().settings();
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    json!({
+        "chunk_size": crate::node::chunks::CHUNK_SIZE,
+        "held": node.store.engine().stats().keys_in(cairn_engine::Keyspace::Chunk),
+        "grace_s": settings.grace.as_secs_f64(),
+        "max_inflight_bytes": settings.max_inflight_bytes,
+        "stored": load(&c.stored),
+        "fetched": load(&c.fetched),
+        "served": load(&c.served),
+        "collected": load(&c.chunks_collected),
+        "blobs_collected": load(&c.blobs_collected),
+        "blobs_awaiting_collection": load(&c.awaiting),
+        "slow_downs": load(&c.slow_downs),
     })
 }
 
@@ -429,6 +450,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
             "hints_pending": hints.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
             "anti_entropy": anti_entropy_json(node),
             "tombstones": tombstones_json(node),
+            "chunks": chunks_json(node),
         }))
     }
 
@@ -510,6 +532,51 @@ impl<T: Transport> Backend for NodeBackend<T> {
             ),
         ];
         for (name, help, v) in gauges {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
+        }
+        let c = &node.chunks().stats;
+        let counters: [(&str, &str, &AtomicU64); 7] = [
+            (
+                "cairn_chunks_stored_total",
+                "Large-object chunks stored (uploads and peers).",
+                &c.stored,
+            ),
+            (
+                "cairn_chunks_fetched_total",
+                "Chunks fetched from peers before merging a manifest (hints, repair, handoff).",
+                &c.fetched,
+            ),
+            ("cairn_chunks_served_total", "Chunks read for clients and peers.", &c.served),
+            (
+                "cairn_chunks_collected_total",
+                "Unreferenced chunks deleted after the chunk grace.",
+                &c.chunks_collected,
+            ),
+            ("cairn_blobs_collected_total", "Unreferenced blobs deleted.", &c.blobs_collected),
+            (
+                "cairn_slow_downs_total",
+                "Large requests refused with 503 SlowDown (buffer budget spent).",
+                &c.slow_downs,
+            ),
+            ("cairn_chunk_scans_total", "Chunk collection scans completed.", &c.scans),
+        ];
+        for (name, help, v) in counters {
+            let v = v.load(Ordering::Relaxed);
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+        }
+        let chunk_gauges = [
+            (
+                "cairn_chunks_held",
+                "Chunks in the engine's chunk keyspace.",
+                s.keys_in(cairn_engine::Keyspace::Chunk),
+            ),
+            (
+                "cairn_blobs_awaiting_collection",
+                "Unreferenced blobs waiting for the chunk grace.",
+                c.awaiting.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, v) in chunk_gauges {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
         }
         let view = node.view();
