@@ -299,3 +299,49 @@ async fn concurrent_large_versions_are_siblings_and_both_read_back_and_a_resolvi
     assert_eq!((s, n), (200, 2 * MIB));
     assert_eq!(d, sha256_of(13, 2 * MIB));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_follow_hinted_handoff_to_a_returning_owner_and_anti_entropy_to_a_replaced_disk() {
+    let mut c = Cluster::start(4, &["--anti-entropy-interval", "2s"]).await;
+    c.create_bucket(0, "big", "").await;
+    assert!(c.stop(3).success());
+    c.wait_status(3, "down").await;
+    // Objects of 4 chunks each, written while n4 is down: those n4 owns go to a fallback with a
+    // hint (the chunks with them).
+    let mut n4_chunks = 0;
+    let mut hinted = 0;
+    for i in 0..8u64 {
+        let size = 3 * MIB + i;
+        let (s, w) =
+            put_stream(&c, (i % 3) as usize, &format!("/buckets/big/o{i}"), 100 + i, size).await;
+        assert_eq!(s, 200, "{w}");
+        if w["pref_list"].as_array().unwrap().iter().any(|n| n == "n4") {
+            n4_chunks += 4;
+            hinted += w["hinted"].as_array().unwrap().len();
+        }
+    }
+    assert!(n4_chunks > 0 && hinted > 0, "some objects are n4's (hinted {hinted})");
+    c.restart(3).await;
+    c.wait_all_up().await;
+    c.wait_no_hints().await;
+    c.eventually("n4 holds the chunks of its objects", async |c| {
+        metric(c, 3, "cairn_chunks_held").await == f64::from(n4_chunks)
+    })
+    .await;
+    assert!(metric(&c, 3, "cairn_chunks_fetched_total").await >= f64::from(n4_chunks));
+
+    // Replace n4's disk: anti-entropy brings manifests back, and with them the chunks.
+    assert!(c.stop(3).success());
+    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
+    c.restart(3).await;
+    c.eventually("n4's chunks restored by anti-entropy", async |c| {
+        metric(c, 3, "cairn_chunks_held").await == f64::from(n4_chunks)
+    })
+    .await;
+    for i in 0..8u64 {
+        let size = 3 * MIB + i;
+        let (s, n, d) = get_sha256(&c, 3, &format!("/buckets/big/o{i}")).await;
+        assert_eq!((s, n), (200, size));
+        assert_eq!(d, sha256_of(100 + i, size), "o{i} through n4");
+    }
+}
