@@ -61,10 +61,16 @@ impl Drop for Target {
 }
 
 fn start_target() -> (Target, String) {
+    start_target_with(4096)
+}
+
+/// A bench-target whose GETs answer `body_size` bytes.
+fn start_target_with(body_size: usize) -> (Target, String) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let child = cairn()
         .args(["bench-target", "--listen", &addr, "--threads", "1"])
+        .args(["--body-size", &body_size.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -133,6 +139,64 @@ fn bench_against_bench_target_succeeds_and_reports_json() {
     assert!(status.success(), "bench-target exit {status:?}");
 }
 
+/// Checks that `report` moved `ops_ok * per_op` body bytes and that `mb_per_s` is that over the
+/// elapsed time.
+fn assert_bytes(report: &Value, per_op: u64) {
+    let ops = report["ops_ok"].as_u64().unwrap();
+    assert_eq!(report["bytes"].as_u64().unwrap(), ops * per_op, "{report:#}");
+    let mb = report["mb_per_s"].as_f64().unwrap() * report["elapsed_s"].as_f64().unwrap();
+    let expected = (ops * per_op) as f64 / 1e6;
+    assert!((mb - expected).abs() < 1e-6 * expected, "{mb} vs {expected}");
+}
+
+#[test]
+fn large_bodies_are_streamed_both_ways_with_exact_byte_counts() {
+    // Puts above 8 MiB are generated while sent; bench-target reads and discards them.
+    let (_target, url) = start_target_with(12 << 20);
+    let (out, report) = bench(&[
+        "--endpoint",
+        &url,
+        "--workload",
+        "put",
+        "--size",
+        "20MiB",
+        "--ops",
+        "6",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    assert_clean(&out, &report);
+    assert_eq!(report["ops_ok"], 6, "{report:#}");
+    assert_eq!(report["settings"]["size"], "20971520");
+    // The default timeout grows with the size: 10 s + 1 s per 4 MiB.
+    assert_eq!(report["settings"]["timeout_s"], 15.0);
+    assert_bytes(&report, 20 << 20);
+
+    // Gets of a 12 MiB body are read frame by frame and counted.
+    let (out, report) = bench(&[
+        "--endpoint",
+        &url,
+        "--workload",
+        "get",
+        "--prefill=false",
+        "--ops",
+        "6",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    assert_clean(&out, &report);
+    assert_eq!(report["ops_ok"], 6, "{report:#}");
+    assert_bytes(&report, 12 << 20);
+}
+
 #[test]
 fn unreachable_endpoint_and_bad_options_fail_clearly() {
     let url = format!("http://127.0.0.1:{}", free_port());
@@ -144,6 +208,7 @@ fn unreachable_endpoint_and_bad_options_fail_clearly() {
 
     for bad in [
         &["--size", "4XB"][..],
+        &["--size", "65GiB"],
         &["--read-ratio", "1.5"],
         &["--workload", "scan"],
         &["--protocol", "s3", "--s3-access-key", "", "--duration", "1s"],
@@ -208,4 +273,40 @@ async fn bench_against_a_single_cairn_node_puts_and_gets_without_errors() {
     let (out, report) = run(common("delete")).await.unwrap();
     assert_clean(&out, &report);
     assert_eq!(report["ops_ok"], 200, "{report:#}");
+
+    // Large objects (stored in chunks by the node): a streamed prefill, then streamed gets of
+    // it, each read whole.
+    let large = |workload: &str| -> Vec<String> {
+        [
+            "--endpoint",
+            &url,
+            "--workload",
+            workload,
+            "--bucket",
+            "large",
+            "--keys",
+            "2",
+            "--size",
+            "12MiB",
+            "--ops",
+            "4",
+            "--warmup",
+            "0s",
+            "--concurrency",
+            "2",
+            "--threads",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (out, report) = run(large("get")).await.unwrap();
+    assert_clean(&out, &report);
+    assert_eq!(report["ops_ok"], 4, "{report:#}");
+    assert_bytes(&report, 12 << 20);
+    let (out, report) = run(large("put")).await.unwrap();
+    assert_clean(&out, &report);
+    assert_eq!(report["ops_ok"], 4, "{report:#}");
+    assert_bytes(&report, 12 << 20);
 }

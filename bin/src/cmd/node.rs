@@ -86,6 +86,10 @@ pub struct Args {
     /// [default: 10m].
     #[arg(long, env = "CAIRN_CHUNK_GRACE")]
     pub chunk_grace: Option<String>,
+    /// Largest object stored inline in its version, in bytes (at most 1048576); larger ones are
+    /// streamed and stored in 1 MiB chunks [default: 1048576].
+    #[arg(long, env = "CAIRN_INLINE_MAX")]
+    pub inline_max: Option<u64>,
     /// File holding the cluster secret (64 hex chars, a swarm.key, or a passphrase of 16+ chars).
     #[arg(long, env = "CAIRN_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
@@ -160,6 +164,7 @@ struct FileSettings {
     tombstone_grace: Option<String>,
     max_inflight_mib: Option<u64>,
     chunk_grace: Option<String>,
+    inline_max: Option<u64>,
 }
 
 /// A setting that is missing or wrong: printed as one line, exit code 2.
@@ -208,6 +213,8 @@ pub struct NodeConfig {
     tombstone_grace: Option<Duration>,
     /// Large objects: memory budget and chunk grace.
     chunks: cairn_node::node::chunks::ChunkSettings,
+    /// Largest object stored inline.
+    inline_max: u64,
 }
 
 /// The engine's directory inside the data directory (it also holds the cluster state file).
@@ -405,7 +412,16 @@ impl NodeConfig {
             max_inflight_bytes: max_inflight_mib << 20,
             grace: chunk_grace,
         };
+        let inline_max =
+            pick(args.inline_max, file.inline_max).unwrap_or(cairn_api::DEFAULT_INLINE_MAX);
+        if inline_max > cairn_api::DEFAULT_INLINE_MAX {
+            return Err(bad(format!(
+                "--inline-max {inline_max}: must be at most {}",
+                cairn_api::DEFAULT_INLINE_MAX
+            )));
+        }
         Ok(NodeConfig {
+            inline_max,
             chunks,
             handoff_rate_bytes: (handoff_rate * 1e6) as u64,
             anti_entropy_interval,
@@ -525,7 +541,10 @@ async fn serve(cfg: NodeConfig) -> Result<()> {
 
     let api = cairn_api::router(
         Arc::new(NodeBackend { node: Arc::clone(&node) }),
-        ApiConfig::new(cfg.max_object_size, cfg.n),
+        ApiConfig {
+            inline_max: cfg.inline_max.min(cfg.max_object_size),
+            ..ApiConfig::new(cfg.max_object_size, cfg.n)
+        },
     );
     let p2p_addrs: Vec<String> = membership
         .listen_addrs()

@@ -4,17 +4,18 @@
 //! Each client owns one [`Conn`]: a `SendRequest` half whose connection task runs on the runtime.
 //! Any transport error or timeout drops the connection; the next request reconnects.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http1::{SendRequest, handshake};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::body::Payload;
 use super::s3::{self, Credentials};
 
 /// An `http://host:port` endpoint.
@@ -88,7 +89,8 @@ pub enum Outcome {
     NotFound,
     /// Any other 4xx.
     Http4xx,
-    /// 5xx.
+    /// 5xx, including Cairn's 503s (quorum failures, `Unavailable`, and `SlowDown` when a node's
+    /// large-object buffer budget is spent): the request may be retried.
     Http5xx,
     /// Any other status (1xx, other 3xx).
     HttpOther,
@@ -189,62 +191,6 @@ impl Target {
     }
 }
 
-/// A request body of up to two chunks sent back to back, with an exact `Content-Length`: a put's
-/// small random tag and its slice of the shared buffer, or nothing.
-#[derive(Debug, Default)]
-pub struct Payload {
-    /// Chunks not yet sent, in order (`None` once sent or when empty).
-    parts: [Option<Bytes>; 2],
-    /// Bytes not yet sent.
-    remaining: u64,
-}
-
-impl Payload {
-    /// A body made of `parts`, in order.
-    pub fn new(parts: [Bytes; 2]) -> Self {
-        let remaining = parts.iter().map(|p| p.len() as u64).sum();
-        let [a, b] = parts;
-        Self {
-            parts: [Some(a).filter(|p| !p.is_empty()), Some(b).filter(|p| !p.is_empty())],
-            remaining,
-        }
-    }
-
-    /// An empty body.
-    pub fn empty() -> Self {
-        Self::default()
-    }
-
-    /// Total length in bytes (before sending).
-    pub fn len(&self) -> u64 {
-        self.remaining
-    }
-}
-
-impl Body for Payload {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let next = self.parts.iter_mut().find_map(Option::take);
-        if let Some(chunk) = &next {
-            self.remaining -= chunk.len() as u64;
-        }
-        std::task::Poll::Ready(next.map(|c| Ok(Frame::data(c))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.remaining == 0
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
-    }
-}
-
 fn method_of(op: OpKind) -> Method {
     match op {
         OpKind::Put => Method::PUT,
@@ -263,18 +209,45 @@ pub struct Answer {
     pub status: Option<StatusCode>,
     /// Response body bytes read.
     pub body_bytes: u64,
+    /// `Retry-After` of the answer, in whole seconds (Cairn sends it with every 503).
+    pub retry_after: Option<Duration>,
+}
+
+impl Answer {
+    fn failed(outcome: Outcome) -> Self {
+        Self { outcome, status: None, body_bytes: 0, retry_after: None }
+    }
+
+    /// Whether the store asked to retry later: a 503 (Cairn's `SlowDown`, quorum failures,
+    /// `Unavailable`; S3's `SlowDown`).
+    pub fn is_retryable(&self) -> bool {
+        self.status == Some(StatusCode::SERVICE_UNAVAILABLE)
+    }
+}
+
+/// `Retry-After` as a number of seconds (the HTTP-date form is not used by Cairn or S3 stores).
+fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
+    let v = headers.get(hyper::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// One keep-alive connection to one endpoint, reconnected on demand.
 pub struct Conn {
     endpoint: Endpoint,
     sender: Option<SendRequest<Payload>>,
+    /// Counts body bytes as they move, both ways (the progress line).
+    meter: Option<Arc<AtomicU64>>,
 }
 
 impl Conn {
     /// A connection to `endpoint`, opened at the first request.
     pub fn new(endpoint: Endpoint) -> Self {
-        Self { endpoint, sender: None }
+        Self { endpoint, sender: None, meter: None }
+    }
+
+    /// Counts request and response body bytes into `meter` as they move (`None`: stop).
+    pub fn set_meter(&mut self, meter: Option<Arc<AtomicU64>>) {
+        self.meter = meter;
     }
 
     /// The endpoint this connection talks to.
@@ -300,7 +273,8 @@ impl Conn {
         self.sender.as_mut().ok_or_else(|| std::io::Error::other("no connection"))
     }
 
-    /// Sends `req` and reads the whole response body, all within `timeout`.
+    /// Sends `req` and reads the whole response body, all within `timeout`. The body is read
+    /// frame by frame and only counted, never collected, so a GET of any size costs no memory.
     pub async fn send(&mut self, req: Request<Payload>, timeout: Duration) -> Answer {
         match tokio::time::timeout(timeout, self.exchange(req)).await {
             Ok(answer) => {
@@ -312,13 +286,17 @@ impl Conn {
             Err(_) => {
                 // The request may still be in flight on this connection: drop it.
                 self.sender = None;
-                Answer { outcome: Outcome::Timeout, status: None, body_bytes: 0 }
+                Answer::failed(Outcome::Timeout)
             }
         }
     }
 
     async fn exchange(&mut self, req: Request<Payload>) -> Answer {
-        let failed = |outcome| Answer { outcome, status: None, body_bytes: 0 };
+        let req = match &self.meter {
+            Some(m) => req.map(|b| b.metered(m.clone())),
+            None => req,
+        };
+        let failed = Answer::failed;
         let reused = self.sender.is_some();
         let sender = match self.connect().await {
             Ok(s) => s,
@@ -348,15 +326,27 @@ impl Conn {
             Err(_) => return failed(Outcome::Io),
         };
         let status = resp.status();
+        let retry_after = retry_after(resp.headers());
         let mut body = resp.into_body();
         let mut body_bytes = 0u64;
         while let Some(frame) = body.frame().await {
             match frame {
-                Ok(f) => body_bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+                Ok(f) => {
+                    let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                    body_bytes += n;
+                    if let Some(m) = &self.meter {
+                        m.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
                 Err(_) => return failed(Outcome::Io),
             }
         }
-        Answer { outcome: Outcome::from_status(status), status: Some(status), body_bytes }
+        Answer {
+            outcome: Outcome::from_status(status),
+            status: Some(status),
+            body_bytes,
+            retry_after,
+        }
     }
 }
 
@@ -374,6 +364,8 @@ pub async fn probe(endpoint: &Endpoint, timeout: Duration) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use hyper::body::Body;
 
     #[test]
     fn endpoints_parse() {
@@ -400,21 +392,26 @@ mod tests {
     }
 
     #[test]
-    fn payload_sends_its_parts_in_order_with_an_exact_length() {
-        let mut p = Payload::new([Bytes::from_static(b"ab"), Bytes::from_static(b"cde")]);
-        assert_eq!(p.size_hint().exact(), Some(5));
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let mut got = Vec::new();
-        while let std::task::Poll::Ready(Some(Ok(f))) =
-            std::pin::Pin::new(&mut p).poll_frame(&mut cx)
-        {
-            got.extend_from_slice(f.data_ref().unwrap());
-        }
-        assert_eq!(got, b"abcde");
-        assert!(p.is_end_stream());
-        let e = Payload::empty();
-        assert!(e.is_end_stream() && e.size_hint().exact() == Some(0));
+    fn slow_down_is_a_retryable_5xx_with_its_retry_after() {
+        // Cairn's answer when a node's large-object buffer budget is spent.
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(hyper::header::RETRY_AFTER, "1".parse().unwrap());
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        let a = Answer {
+            outcome: Outcome::from_status(status),
+            status: Some(status),
+            body_bytes: 120,
+            retry_after: retry_after(&headers),
+        };
+        assert_eq!(a.outcome, Outcome::Http5xx);
+        assert!(a.is_retryable() && !a.outcome.is_success());
+        assert_eq!(a.retry_after, Some(Duration::from_secs(1)));
+        headers
+            .insert(hyper::header::RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
+        assert!(!Answer::failed(Outcome::Timeout).is_retryable());
+        let e500 = Answer { status: Some(StatusCode::INTERNAL_SERVER_ERROR), ..a };
+        assert!(!e500.is_retryable());
     }
 
     #[test]

@@ -9,15 +9,33 @@
 //! # Layout
 //! - `mod.rs`: options, the run phases (probe, create bucket, prefill, measure), progress line.
 //! - `client.rs`: endpoints, the hyper connection, request building, outcome classification.
+//! - `body.rs`: request bodies, held (up to 8 MiB) or generated while streamed (above).
 //! - `s3.rs`: AWS Signature Version 4 (and HMAC-SHA256).
 //! - `workload.rs`: sizes, key distributions (uniform, zipfian), key names.
 //! - `report.rs`: histogram, the table and the JSON report.
+//!
+//! # Object sizes and memory
+//! Sizes go up to 64 GiB (`--size 1GiB`, `--size 600MiB..2GiB`) and cost no memory: one random
+//! buffer of at most 9 MiB is shared by every client. A put body of up to 8 MiB is a 16-byte tag
+//! and a slice of it; a larger one is generated while hyper sends it, in frames of at most 1 MiB
+//! (a tag from the request's seed and the frame's index, then a slice of the buffer), with an
+//! exact `Content-Length` (see `body.rs`). Response bodies are read frame by frame and only
+//! counted. So a client holds no more than hyper's own buffers (about 400 KiB each way),
+//! whatever the object size. The default `--timeout` bounds a whole transfer, so above
+//! 8 MiB it grows with the largest size (10 s plus 1 s per 4 MiB: 266 s for 1 GiB). Prefill retries a put answered 503 (for
+//! instance a node's `SlowDown` when its large-object buffers are spent) after its `Retry-After`.
+//!
+//! Throughput (`mb_per_s`) counts body bytes of successful operations, sent for puts and
+//! received for gets, over the measured time. An operation started during warm-up and finished
+//! after it adds the share of its bytes that falls in the measured time (its ops are not
+//! counted): with objects that take seconds to move, warm-up operations overlap the measurement.
 //!
 //! Latency is measured per request from just before it is sent until its response body has been
 //! read. A closed-loop generator waits for each answer before sending the next request, so a
 //! stalled server also stalls the load (coordinated omission): latencies describe the requests
 //! that were sent, not the ones a fixed arrival rate would have sent meanwhile.
 
+mod body;
 mod client;
 mod report;
 mod s3;
@@ -34,7 +52,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 
-use client::{Conn, Endpoint, OpKind, Outcome, Payload, Protocol, Target};
+use body::Payload;
+use client::{Conn, Endpoint, OpKind, Outcome, Protocol, Target};
 use report::{Report, Stats};
 use workload::{KeyChooser, SizeSpec, Zipfian};
 
@@ -44,6 +63,14 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 const PROGRESS_MIN_RUN: Duration = Duration::from_secs(2);
 /// Longest wait for the start-up reachability check of each endpoint.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `--timeout` for objects of up to [`body::STREAM_THRESHOLD`] bytes.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Larger objects add one second per this many bytes of the largest size to the default timeout.
+const TIMEOUT_BYTES_PER_SEC: u64 = 4 << 20;
+/// Attempts of one prefill put answered 503 (`SlowDown`, quorum failures) before giving up.
+const PREFILL_ATTEMPTS: u32 = 10;
+/// Longest wait between prefill attempts (a longer `Retry-After` is capped to it).
+const PREFILL_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What the clients do.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -125,7 +152,9 @@ pub struct Args {
     /// Share of reads in the mixed workload (0..=1); the rest are puts.
     #[arg(long, default_value_t = 0.9)]
     read_ratio: f64,
-    /// Object size for puts: fixed (512, 4096, 4KiB, 1MiB) or a uniform range (1KiB..64KiB).
+    /// Object size for puts: fixed (512, 4096, 4KiB, 1MiB, 600MiB, 1GiB) or a uniform range
+    /// (1KiB..64KiB). Units B, K/KB/KiB, M/MB/MiB, G/GB/GiB are all binary (1 KB = 1024 bytes);
+    /// up to 64 GiB. Bodies above 8 MiB are generated while streamed, never held in memory.
     #[arg(long, default_value = "4KiB", value_parser = SizeSpec::parse)]
     size: SizeSpec,
     /// Size of the key space used by get, mixed, delete, prefill and put --overwrite.
@@ -161,9 +190,10 @@ pub struct Args {
     /// Warm-up before measuring; operations during it are discarded.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
-    /// Per-request timeout (connect, send and the whole response body).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    timeout: Duration,
+    /// Per-request timeout (connect, send and the whole response body). Default 10s; for sizes
+    /// above 8 MiB, 10s plus 1s per 4 MiB of the largest size (1GiB: 266s).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
     /// Worker threads of the async runtime (default: the number of CPUs).
     #[arg(long)]
     threads: Option<usize>,
@@ -195,6 +225,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         other => return Err(format!("duration {s:?}: unknown unit {other:?} (ms, s, m, h)")),
     };
     Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?}: out of range"))
+}
+
+/// The default `--timeout` for objects of up to `max_size` bytes: it bounds a whole transfer, so
+/// it grows with large objects (at least 4 MiB/s per request).
+fn default_timeout(max_size: u64) -> Duration {
+    if max_size <= body::STREAM_THRESHOLD {
+        return DEFAULT_TIMEOUT;
+    }
+    DEFAULT_TIMEOUT + Duration::from_secs(max_size.div_ceil(TIMEOUT_BYTES_PER_SEC))
 }
 
 /// The validated plan of a run.
@@ -290,7 +329,8 @@ fn plan(args: &Args, threads: usize) -> Result<Plan, String> {
     if args.duration.is_some_and(|d| d.is_zero()) {
         return Err("--duration must be positive".into());
     }
-    if args.timeout.is_zero() {
+    let timeout = args.timeout.unwrap_or_else(|| default_timeout(args.size.max()));
+    if timeout.is_zero() {
         return Err("--timeout must be positive".into());
     }
     if args.bucket.is_empty() || args.bucket.contains('/') {
@@ -339,7 +379,7 @@ fn plan(args: &Args, threads: usize) -> Result<Plan, String> {
         "duration_s": duration.map(|d| d.as_secs_f64()),
         "ops": args.ops,
         "warmup_s": args.warmup.as_secs_f64(),
-        "timeout_s": args.timeout.as_secs_f64(),
+        "timeout_s": timeout.as_secs_f64(),
     });
     if let Some(obj) = settings.as_object_mut() {
         if args.workload == Workload::Mixed {
@@ -369,11 +409,19 @@ fn plan(args: &Args, threads: usize) -> Result<Plan, String> {
         duration,
         ops: args.ops,
         warmup: args.warmup,
-        timeout: args.timeout,
+        timeout,
         progress,
         run_id: format!("{run_id:08x}"),
         settings,
     })
+}
+
+impl Plan {
+    /// Whether the progress line counts body bytes as they move (objects large enough to take
+    /// a while each) rather than when each operation ends (cheaper for small objects).
+    fn live_bytes(&self) -> bool {
+        self.size.max() > body::STREAM_THRESHOLD
+    }
 }
 
 /// Counters shared by every client of a phase. Written with relaxed atomics: they only feed the
@@ -388,6 +436,9 @@ struct Shared {
     done: AtomicU64,
     /// Failed operations, warm-up included (progress line).
     failed: AtomicU64,
+    /// Body bytes moved so far, warm-up included (progress line): counted as they move for
+    /// large objects (failed requests included), else when each successful operation ends.
+    bytes: Arc<AtomicU64>,
     /// Set by the Ctrl-C task, read by every client: stop after the current request.
     stop: Arc<AtomicBool>,
 }
@@ -406,9 +457,9 @@ async fn execute(plan: Arc<Plan>) -> Result<Report> {
     if plan.create_bucket {
         create_bucket(&plan, &mut conns[0]).await?;
     }
-    // One random buffer shared by every put; each put sends a random tag and a slice of it (a
-    // `Bytes` clone) at a random offset, see `workload::put_body`.
-    let mut buf = vec![0u8; plan.size.max() + workload::BODY_SLACK];
+    // One random buffer shared by every put (at most 9 MiB): each put sends random tags and
+    // slices of it (`Bytes` clones), held or generated while streamed, see `body.rs`.
+    let mut buf = vec![0u8; body::shared_len(plan.size.max())];
     rand::rng().fill_bytes(&mut buf);
     let body = Bytes::from(buf);
 
@@ -495,6 +546,7 @@ async fn prefill(
         let (plan, shared, body) = (plan.clone(), shared.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::from_rng(&mut rand::rng());
+            conn.set_meter(plan.live_bytes().then(|| shared.bytes.clone()));
             while !shared.stop.load(Ordering::Relaxed) {
                 let i = shared.next_key.fetch_add(1, Ordering::Relaxed);
                 if i >= plan.keys {
@@ -502,23 +554,16 @@ async fn prefill(
                 }
                 let key = workload::space_key(&plan.key_prefix, i);
                 let len = plan.size.sample(&mut rng);
-                let Ok(req) = plan.target.request(
-                    conn.endpoint(),
-                    OpKind::Put,
-                    &key,
-                    Payload::new(workload::put_body(&body, len, &mut rng)),
-                    true,
-                    unix_now(),
-                ) else {
-                    shared.failed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let answer = conn.send(req, plan.timeout).await;
-                if !answer.outcome.is_success() {
+                if prefill_one(&plan, &mut conn, &key, len, &body, &mut rng, &shared).await {
+                    if !plan.live_bytes() {
+                        shared.bytes.fetch_add(len, Ordering::Relaxed);
+                    }
+                } else {
                     shared.failed.fetch_add(1, Ordering::Relaxed);
                 }
                 shared.done.fetch_add(1, Ordering::Relaxed);
             }
+            conn.set_meter(None);
             conn
         }));
     }
@@ -544,6 +589,41 @@ async fn prefill(
     Ok(conns)
 }
 
+/// Writes one key of the key space; a 503 (a node's `SlowDown`, a quorum failure) is retried
+/// after its `Retry-After` (1 s if none, at most [`PREFILL_MAX_BACKOFF`]), up to
+/// [`PREFILL_ATTEMPTS`] attempts in all. Whether the write succeeded.
+async fn prefill_one(
+    plan: &Plan,
+    conn: &mut Conn,
+    key: &str,
+    len: u64,
+    body: &Bytes,
+    rng: &mut StdRng,
+    shared: &Shared,
+) -> bool {
+    for attempt in 1..=PREFILL_ATTEMPTS {
+        let payload = body::put_payload(body, len, rng);
+        let Ok(req) =
+            plan.target.request(conn.endpoint(), OpKind::Put, key, payload, true, unix_now())
+        else {
+            return false;
+        };
+        let answer = conn.send(req, plan.timeout).await;
+        if answer.outcome.is_success() {
+            return true;
+        }
+        if !answer.is_retryable()
+            || attempt == PREFILL_ATTEMPTS
+            || shared.stop.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        let wait = answer.retry_after.unwrap_or(Duration::from_secs(1)).min(PREFILL_MAX_BACKOFF);
+        tokio::time::sleep(wait).await;
+    }
+    false
+}
+
 /// One client: issue requests until the deadline, the `--ops` budget or Ctrl-C.
 async fn client_loop(
     plan: &Plan,
@@ -555,6 +635,7 @@ async fn client_loop(
 ) -> Stats {
     let mut stats = Stats::new(plan.workload == Workload::Mixed);
     let mut rng = StdRng::from_rng(&mut rand::rng());
+    conn.set_meter(plan.live_bytes().then(|| shared.bytes.clone()));
     loop {
         let now = Instant::now();
         if shared.stop.load(Ordering::Relaxed) || end.is_some_and(|e| now >= e) {
@@ -599,7 +680,7 @@ async fn client_loop(
             }
         };
         let payload = if op == OpKind::Put {
-            Payload::new(workload::put_body(body, plan.size.sample(&mut rng), &mut rng))
+            body::put_payload(body, plan.size.sample(&mut rng), &mut rng)
         } else {
             Payload::empty()
         };
@@ -614,25 +695,43 @@ async fn client_loop(
         };
         let t0 = Instant::now();
         let answer = conn.send(req, plan.timeout).await;
-        let latency_us = t0.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        let t1 = Instant::now();
+        let latency_us = t1.duration_since(t0).as_micros().min(u128::from(u64::MAX)) as u64;
+        let bytes = match op {
+            OpKind::Put if answer.outcome.is_success() => sent,
+            OpKind::Get if answer.outcome == Outcome::Ok => answer.body_bytes,
+            _ => 0,
+        };
         shared.done.fetch_add(1, Ordering::Relaxed);
+        if !plan.live_bytes() {
+            shared.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
         if !answer.outcome.is_success() {
             shared.failed.fetch_add(1, Ordering::Relaxed);
         }
         if measuring {
-            let bytes = match op {
-                OpKind::Put => sent,
-                OpKind::Get if answer.outcome == Outcome::Ok => answer.body_bytes,
-                _ => 0,
-            };
             stats.record(op.name(), answer.outcome, latency_us, bytes);
+        } else if t1 > measure_start && answer.outcome.is_success() {
+            // A warm-up operation that ran into the measured time: the share of its bytes
+            // moved since the measurement began (a large object can take seconds).
+            stats.add_bytes(op.name(), overlap_share(bytes, t0, t1, measure_start));
         }
     }
     stats
 }
 
-/// Draws `label: 12 s  ops 123456  ops/s 10234  errors 0` on stderr every second: redrawn in place
-/// on a terminal, one line per second otherwise.
+/// The share of `bytes`, moved evenly from `t0` to `t1`, that was moved after `from`.
+fn overlap_share(bytes: u64, t0: Instant, t1: Instant, from: Instant) -> u64 {
+    let total = t1.saturating_duration_since(t0).as_secs_f64();
+    let after = t1.saturating_duration_since(from.max(t0)).as_secs_f64();
+    if total <= 0.0 {
+        return if t0 >= from { bytes } else { 0 };
+    }
+    (bytes as f64 * (after / total).clamp(0.0, 1.0)).round() as u64
+}
+
+/// Draws `label: 12 s  ops 123456  ops/s 10234  MB/s 12.3  errors 0` on stderr every second:
+/// redrawn in place on a terminal, one line per second otherwise.
 fn spawn_progress(
     label: &'static str,
     shared: Arc<Shared>,
@@ -641,18 +740,22 @@ fn spawn_progress(
     let tty = std::io::stderr().is_terminal();
     tokio::spawn(async move {
         let started = Instant::now();
-        let mut last = 0u64;
+        let (mut last, mut last_bytes) = (0u64, 0u64);
         let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
         tick.tick().await;
         loop {
             tick.tick().await;
             let done = shared.done.load(Ordering::Relaxed);
             let failed = shared.failed.load(Ordering::Relaxed);
-            let rate = (done - last.min(done)) as f64 / PROGRESS_INTERVAL.as_secs_f64();
-            last = done;
+            let bytes = shared.bytes.load(Ordering::Relaxed);
+            let secs = PROGRESS_INTERVAL.as_secs_f64();
+            let rate = (done - last.min(done)) as f64 / secs;
+            let mb_rate = (bytes - last_bytes.min(bytes)) as f64 / 1e6 / secs;
+            (last, last_bytes) = (done, bytes);
             let of = total.map(|t| format!("/{t}")).unwrap_or_default();
             let line = format!(
-                "{label}: {:>4.0} s  ops {done}{of}  ops/s {rate:.0}  errors {failed}",
+                "{label}: {:>4.0} s  ops {done}{of}  ops/s {rate:.0}  MB/s {mb_rate:.1}  \
+                 errors {failed}",
                 started.elapsed().as_secs_f64()
             );
             let mut err = std::io::stderr().lock();
@@ -705,6 +808,34 @@ mod tests {
         assert_eq!((p.ops, p.duration), (Some(100), None));
         let p = plan_of(&["--ops", "100", "--duration", "5s"]).unwrap();
         assert_eq!((p.ops, p.duration), (Some(100), Some(Duration::from_secs(5))));
+    }
+
+    #[test]
+    fn large_sizes_are_accepted_and_lengthen_the_default_timeout() {
+        assert_eq!(plan_of(&[]).unwrap().timeout, Duration::from_secs(10));
+        assert_eq!(plan_of(&["--size", "8MiB"]).unwrap().timeout, Duration::from_secs(10));
+        let p = plan_of(&["--size", "1GiB"]).unwrap();
+        assert_eq!((p.size, p.timeout), (SizeSpec::Fixed(1 << 30), Duration::from_secs(266)));
+        assert_eq!(p.settings["timeout_s"], 266.0);
+        let p = plan_of(&["--size", "600MiB", "--timeout", "30s"]).unwrap();
+        assert_eq!((p.size.max(), p.timeout), (600 << 20, Duration::from_secs(30)));
+        let p = plan_of(&["--size", "1KiB..5GB"]).unwrap();
+        assert_eq!(p.size, SizeSpec::Range(1024, 5 << 30));
+        assert!(plan_of(&["--size", "65GiB"]).is_err());
+    }
+
+    #[test]
+    fn warm_up_operations_count_the_bytes_after_the_measurement_starts() {
+        let t0 = Instant::now();
+        let s = |a: u64, b: u64, from: u64| {
+            let at = |ms| t0 + Duration::from_millis(ms);
+            overlap_share(1000, at(a), at(b), at(from))
+        };
+        assert_eq!(s(0, 1000, 250), 750);
+        assert_eq!(s(0, 1000, 1000), 0);
+        assert_eq!(s(500, 1000, 0), 1000);
+        assert_eq!(s(500, 500, 500), 1000);
+        assert_eq!(s(400, 400, 500), 0);
     }
 
     #[test]

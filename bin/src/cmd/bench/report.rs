@@ -26,6 +26,14 @@ pub struct OpStats {
     pub ok: u64,
     /// Its failed operations.
     pub failed: u64,
+    /// Body bytes its successful operations moved.
+    pub bytes: u64,
+}
+
+impl OpStats {
+    fn new() -> Self {
+        Self { latency: histogram(), ok: 0, failed: 0, bytes: 0 }
+    }
 }
 
 /// One client's measurements; clients merge theirs at the end (no sharing in the hot path).
@@ -34,7 +42,8 @@ pub struct Stats {
     pub latency: Histogram<u64>,
     /// Count per outcome name (`ok`, `siblings`, `http_5xx`, ...).
     pub outcomes: BTreeMap<&'static str, u64>,
-    /// Payload bytes moved by successful operations (sent for puts, received for gets).
+    /// Body bytes moved by successful operations (sent for puts, received for gets), including
+    /// the measured share of warm-up operations that ran into the measured time.
     pub bytes: u64,
     /// Per operation kind (`get`, `put`), when the run mixes kinds; `None` otherwise.
     pub by_op: Option<BTreeMap<&'static str, OpStats>>,
@@ -60,17 +69,23 @@ impl Stats {
             self.bytes += bytes;
         }
         if let Some(by_op) = &mut self.by_op {
-            let s = by_op.entry(op).or_insert_with(|| OpStats {
-                latency: histogram(),
-                ok: 0,
-                failed: 0,
-            });
+            let s = by_op.entry(op).or_insert_with(OpStats::new);
             if outcome.is_success() {
                 s.latency.saturating_record(latency_us);
                 s.ok += 1;
+                s.bytes += bytes;
             } else {
                 s.failed += 1;
             }
+        }
+    }
+
+    /// Adds body bytes of kind `op` moved during the measured time by an operation that is not
+    /// counted (one started during warm-up).
+    pub fn add_bytes(&mut self, op: &'static str, bytes: u64) {
+        self.bytes += bytes;
+        if let Some(by_op) = &mut self.by_op {
+            by_op.entry(op).or_insert_with(OpStats::new).bytes += bytes;
         }
     }
 
@@ -85,14 +100,11 @@ impl Stats {
         self.bytes += other.bytes;
         if let (Some(mine), Some(theirs)) = (&mut self.by_op, &other.by_op) {
             for (op, s) in theirs {
-                let m = mine.entry(op).or_insert_with(|| OpStats {
-                    latency: histogram(),
-                    ok: 0,
-                    failed: 0,
-                });
+                let m = mine.entry(op).or_insert_with(OpStats::new);
                 let _ = m.latency.add(&s.latency);
                 m.ok += s.ok;
                 m.failed += s.failed;
+                m.bytes += s.bytes;
             }
         }
     }
@@ -146,6 +158,10 @@ pub struct OpReport {
     pub ops_ok: u64,
     /// Its failed operations.
     pub errors: u64,
+    /// Its successful operations per second.
+    pub ops_per_s: f64,
+    /// Body megabytes (10⁶ bytes) per second its successful operations moved.
+    pub mb_per_s: f64,
     /// Latency of its successful operations.
     pub latency_ms: Latency,
 }
@@ -165,7 +181,11 @@ pub struct Report {
     pub elapsed_s: f64,
     /// Successful operations per second.
     pub ops_per_s: f64,
-    /// Payload megabytes (10⁶ bytes) per second moved by successful operations.
+    /// Body bytes moved by successful operations: sent for puts, received for gets (streamed
+    /// bodies included, counted as they are generated or read).
+    pub bytes: u64,
+    /// Body megabytes (10⁶ bytes) per second moved by successful operations: `bytes` over
+    /// `elapsed_s`.
     pub mb_per_s: f64,
     /// Latency of successful operations.
     pub latency_ms: Latency,
@@ -186,19 +206,21 @@ impl Report {
             .filter(|(k, _)| !ok_names.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), *v))
             .collect();
+        let secs = elapsed_s.max(1e-9);
         let by_op = stats.by_op.as_ref().map(|m| {
             m.iter()
                 .map(|(op, s)| {
                     let r = OpReport {
                         ops_ok: s.ok,
                         errors: s.failed,
+                        ops_per_s: s.ok as f64 / secs,
+                        mb_per_s: s.bytes as f64 / 1e6 / secs,
                         latency_ms: Latency::of(&s.latency),
                     };
                     (op.to_string(), r)
                 })
                 .collect()
         });
-        let secs = elapsed_s.max(1e-9);
         Report {
             settings,
             ops_ok,
@@ -206,6 +228,7 @@ impl Report {
             outcomes,
             elapsed_s,
             ops_per_s: ops_ok as f64 / secs,
+            bytes: stats.bytes,
             mb_per_s: stats.bytes as f64 / 1e6 / secs,
             latency_ms: Latency::of(&stats.latency),
             by_op,
@@ -249,10 +272,16 @@ impl Report {
             if errors == 0 { "0".into() } else { format!("{errors} ({})", detail.join(", ")) },
         );
         line("ops/s", format!("{:.1}", self.ops_per_s));
-        line("MB/s", format!("{:.2}", self.mb_per_s));
+        line("MB/s", format!("{:.2}  ({} bytes of bodies)", self.mb_per_s, self.bytes));
         line("latency ms", self.latency_ms.line());
         for (op, r) in self.by_op.iter().flatten() {
-            line(&format!("  {op}"), format!("ops ok {}  errors {}", r.ops_ok, r.errors));
+            line(
+                &format!("  {op}"),
+                format!(
+                    "ops ok {}  errors {}  ops/s {:.1}  MB/s {:.2}",
+                    r.ops_ok, r.errors, r.ops_per_s, r.mb_per_s
+                ),
+            );
             line(&format!("  {op} ms"), r.latency_ms.line());
         }
         out
@@ -289,6 +318,7 @@ mod tests {
         assert_eq!(r.outcomes.get("siblings"), Some(&1));
         assert!((r.ops_per_s - 500.5).abs() < 1e-9);
         assert!((r.mb_per_s - 0.05).abs() < 1e-9);
+        assert_eq!(r.bytes, 100_000);
         // Failed operations do not enter the latency histogram (the 5xx took 100 s).
         assert!((r.latency_ms.max - 10.0).abs() < 0.05, "max {}", r.latency_ms.max);
         assert!((r.latency_ms.p50 - 5.0).abs() < 0.05, "p50 {}", r.latency_ms.p50);
@@ -325,10 +355,25 @@ mod tests {
         assert!((by_op["put"].latency_ms.max - 9.0).abs() < 0.01);
         assert!((by_op["get"].latency_ms.max - 3.0).abs() < 0.01);
         let t = r.table();
-        assert!(t.contains("  get          ops ok 2  errors 1\n"), "{t}");
+        assert!(t.contains("  get          ops ok 2  errors 1  ops/s 2.0  MB/s 0.00\n"), "{t}");
         assert!(t.contains("  put ms       p50 9.0"), "{t}");
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["by_op"]["put"]["ops_ok"], 1);
+        assert_eq!(v["by_op"]["get"]["mb_per_s"], 20e-6);
+        assert_eq!(v["bytes"], 30);
+    }
+
+    #[test]
+    fn warm_up_bytes_count_for_throughput_but_not_as_operations() {
+        // A 1 GB get finished in the measured time, another's second half overlapped it.
+        let mut s = Stats::new(true);
+        s.record("get", Outcome::Ok, 10_000_000, 1_000_000_000);
+        s.add_bytes("get", 500_000_000);
+        let r = Report::new(serde_json::json!({}), &s, 10.0);
+        assert_eq!((r.ops_ok, r.bytes), (1, 1_500_000_000));
+        assert!((r.mb_per_s - 150.0).abs() < 1e-9 && (r.ops_per_s - 0.1).abs() < 1e-12);
+        let get = &r.by_op.as_ref().unwrap()["get"];
+        assert!((get.mb_per_s - 150.0).abs() < 1e-9 && get.ops_ok == 1);
     }
 
     #[test]
@@ -339,6 +384,7 @@ mod tests {
         assert!(!t.contains("ops            null"), "unset settings are left out: {t}");
         assert!(t.contains("errors         2 (http_5xx=1, timeout=1)\n"), "{t}");
         assert!(t.contains("ops/s          500.5\n"), "{t}");
+        assert!(t.contains("MB/s           0.05  (100000 bytes of bodies)\n"), "{t}");
         assert!(t.contains("latency ms     p50 5.003"), "{t}");
         let empty = Report::new(serde_json::json!({}), &Stats::new(false), 1.0);
         assert!(empty.table().contains("errors         0\n"));

@@ -3,20 +3,19 @@
 //! Pure functions and small generators, no IO: size parsing, the size distribution, the key
 //! distributions (uniform and the YCSB zipfian of Gray et al.) and key naming.
 
-use bytes::Bytes;
 use rand::Rng;
 
 /// An object size: fixed, or drawn uniformly from an inclusive range.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum SizeSpec {
     /// Every object has this many bytes.
-    Fixed(usize),
+    Fixed(u64),
     /// Each object's size is uniform in `lo..=hi`.
-    Range(usize, usize),
+    Range(u64, u64),
 }
 
 impl SizeSpec {
-    /// Parses `4KiB`, `1MiB`, `512`, `4096` or a range `1KiB..64KiB`.
+    /// Parses `4KiB`, `1MiB`, `1GiB`, `512`, `4096` or a range `1KiB..64KiB`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s.split_once("..") {
             Some((lo, hi)) => {
@@ -31,15 +30,15 @@ impl SizeSpec {
         }
     }
 
-    /// The largest size this spec can produce (the shared body buffer's length).
-    pub fn max(&self) -> usize {
+    /// The largest size this spec can produce.
+    pub fn max(&self) -> u64 {
         match *self {
             Self::Fixed(n) | Self::Range(_, n) => n,
         }
     }
 
     /// Draws one size.
-    pub fn sample(&self, rng: &mut impl Rng) -> usize {
+    pub fn sample(&self, rng: &mut impl Rng) -> u64 {
         match *self {
             Self::Fixed(n) => n,
             Self::Range(lo, hi) => rng.random_range(lo..=hi),
@@ -56,12 +55,13 @@ impl std::fmt::Display for SizeSpec {
     }
 }
 
-/// Largest object size accepted (1 GiB): the body buffer is allocated once at this size.
-const MAX_SIZE: u64 = 1 << 30;
+/// Largest object size accepted (64 GiB), against typos: bodies above 8 MiB are generated while
+/// streamed, so the size costs no memory (Cairn's default `--max-object-size` is 5 GiB).
+pub const MAX_SIZE: u64 = 64 << 30;
 
 /// Parses a byte count: a number with an optional unit `B`, `K`/`KB`/`KiB`, `M`/`MB`/`MiB`,
-/// `G`/`GB`/`GiB` (all binary: 1 KB = 1024 bytes), case-insensitive.
-pub fn parse_size(s: &str) -> Result<usize, String> {
+/// `G`/`GB`/`GiB` (all binary: 1 KB = 1024 bytes), case-insensitive, optionally with a space.
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(digits);
@@ -73,8 +73,9 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "g" | "gb" | "gib" => 1 << 30,
         other => return Err(format!("size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB)")),
     };
-    let bytes = n.checked_mul(mult).filter(|b| *b <= MAX_SIZE);
-    bytes.map(|b| b as usize).ok_or_else(|| format!("size {s:?}: larger than the 1 GiB maximum"))
+    n.checked_mul(mult)
+        .filter(|b| *b <= MAX_SIZE)
+        .ok_or_else(|| format!("size {s:?}: larger than the 64 GiB maximum"))
 }
 
 /// The YCSB zipfian generator (Gray et al., "Quickly generating billion-record synthetic
@@ -137,26 +138,6 @@ impl KeyChooser {
     }
 }
 
-/// Bytes of random slack after the largest size in the shared body buffer: each put starts at a
-/// random offset in it, so large objects differ block by block too (stores that deduplicate
-/// blocks, such as Garage, must not get identical bodies).
-pub const BODY_SLACK: usize = 1 << 20;
-/// Random bytes at the start of every put body, so no two bodies are equal.
-const TAG_LEN: usize = 16;
-
-/// The body of one put of `len` bytes: a fresh random tag of up to 16 bytes, then a slice of
-/// `shared` (which holds at least `len + BODY_SLACK` bytes) at a random offset. Only the tag is
-/// allocated; the slice shares `shared`'s memory.
-pub fn put_body(shared: &Bytes, len: usize, rng: &mut impl Rng) -> [Bytes; 2] {
-    let tag_len = len.min(TAG_LEN);
-    let tag: [u8; TAG_LEN] = rng.random();
-    let rest = len - tag_len;
-    let span = shared.len().saturating_sub(rest);
-    let offset = if span == 0 { 0 } else { rng.random_range(0..span) };
-    let end = (offset + rest).min(shared.len());
-    [Bytes::copy_from_slice(&tag[..tag_len]), shared.slice(offset..end)]
-}
-
 /// The name of key `i` of the key space.
 pub fn space_key(prefix: &str, i: u64) -> String {
     format!("{prefix}k{i:010}")
@@ -183,7 +164,12 @@ mod tests {
         assert_eq!(parse_size("1 mb"), Ok(1 << 20));
         assert!(parse_size("").is_err());
         assert!(parse_size("4XB").is_err());
-        assert!(parse_size("2GiB").is_err());
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("600MiB"), Ok(600 << 20));
+        assert_eq!(parse_size("5GB"), Ok(5 << 30));
+        assert_eq!(parse_size("3 KB"), Ok(3 << 10));
+        assert_eq!(parse_size("64GiB"), Ok(64 << 30));
+        assert!(parse_size("65GiB").is_err());
         assert!(parse_size("99999999999999999999").is_err());
         assert_eq!(SizeSpec::parse("1KiB..64KiB"), Ok(SizeSpec::Range(1024, 65536)));
         assert_eq!(SizeSpec::parse("4KiB"), Ok(SizeSpec::Fixed(4096)));
@@ -196,7 +182,7 @@ mod tests {
     fn range_sizes_stay_within_bounds() {
         let spec = SizeSpec::Range(10, 20);
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let sizes: Vec<usize> = (0..1000).map(|_| spec.sample(&mut rng)).collect();
+        let sizes: Vec<u64> = (0..1000).map(|_| spec.sample(&mut rng)).collect();
         assert!(sizes.iter().all(|s| (10..=20).contains(s)));
         assert!(sizes.contains(&10) && sizes.contains(&20));
     }
@@ -229,27 +215,6 @@ mod tests {
         assert_eq!(z.item(0.99), 0);
         let z = Zipfian::new(2, 0.5);
         assert!(z.item(0.99) < 2);
-    }
-
-    #[test]
-    fn put_bodies_have_the_size_and_differ() {
-        let shared = Bytes::from(vec![7u8; 4096 + BODY_SLACK]);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        for len in [0, 1, 16, 17, 4096] {
-            let [a0, a1] = put_body(&shared, len, &mut rng);
-            let [b0, b1] = put_body(&shared, len, &mut rng);
-            assert_eq!(a0.len() + a1.len(), len);
-            assert_eq!(b0.len() + b1.len(), len);
-            if len >= 8 {
-                assert_ne!(a0, b0, "two bodies of {len} bytes start alike");
-            }
-            // The tail shares the buffer's memory (no copy).
-            if !a1.is_empty() {
-                let base = shared.as_ptr() as usize;
-                let p = a1.as_ptr() as usize;
-                assert!(p >= base && p + a1.len() <= base + shared.len());
-            }
-        }
     }
 
     #[test]
