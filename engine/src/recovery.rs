@@ -157,6 +157,7 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Inner> {
                     tracing::warn!(segment = id, %why, "hint file unusable; scanning the segment");
                 }
                 let scan = scan_segment(id, &bytes);
+                mmap::release(&bytes);
                 corrupt += scan.corrupt_inside + u64::from(scan.bad_tail);
                 if let Some(h) = hint::encode_hint(len, &scan.entries)
                     && let Err(e) = hint::write_atomic(&hpath, &h, None)
@@ -181,7 +182,9 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Inner> {
     let file_len = file.metadata().ctx(|| format!("stat {}", path.display()))?.len();
     let scan = {
         let bytes = mmap::map(&file, file_len).ctx(|| format!("mapping {}", path.display()))?;
-        scan_segment(active_id, &bytes)
+        let scan = scan_segment(active_id, &bytes);
+        mmap::release(&bytes);
+        scan
     };
     corrupt += scan.corrupt_inside;
     if scan.valid_end < file_len {

@@ -86,6 +86,9 @@ impl Writer {
         let sealed_bytes =
             mmap::map(&self.file, self.len).ctx(|| format!("mapping segment {:010}", self.id))?;
         let entries = hint_entries(&sealed_bytes);
+        // Reading the headers faulted pages (and their neighbours) into this mapping; they stay
+        // in the page cache, but need not count in the process's resident set.
+        mmap::release(&sealed_bytes);
         match hint::encode_hint(self.len, &entries) {
             Some(h) => {
                 if let Err(e) = hint::write_atomic(&hint_path(dir, self.id), &h, None) {

@@ -3,12 +3,15 @@
 //! MODEL
 //! =====
 //! Every write introduces exactly one new *element*, a string unique in the whole run
-//! (`c<client>.<seq>`). An object's bytes are a JSON array of elements: every write stores what
-//! its read saw plus its own `e` — for a read-modify-write of a hot key, the union of every
-//! sibling it read (set union is the merge, as in the Dynamo paper's shopping cart, DeCandia et
-//! al. 2007, section 4.4); for a unique key or a re-create after a delete, nothing was live, so
-//! `[e]`. Each operation records what its read *saw* (the union of the live siblings' elements,
-//! whose versions its causal context covers), the element it wrote (none, for a delete) and its
+//! (`c<client>.<seq>`, `L<client>.<seq>` for the large-object workload). An object's bytes are a
+//! JSON array of elements (a large object's, several 1 MiB chunks long, carry that array in a
+//! header line followed by a filler derived from it: see the harness's `large.rs`; the checker
+//! sees only the elements): every write stores what its read saw plus its own `e` — for a
+//! read-modify-write of a hot key, the union of every sibling it read (set union is the merge,
+//! as in the Dynamo paper's shopping cart, DeCandia et al. 2007, section 4.4); for a unique key
+//! or a re-create after a delete, nothing was live, so `[e]`. Each operation records what its
+//! read *saw* (the union of the live siblings' elements, whose versions its causal context
+//! covers), the element it wrote (none, for a delete) and its
 //! outcome: `Ok` (acknowledged), `Failed` (certainly not applied: refused before anything was
 //! stored, such as a 404 to a DELETE of a key with nothing live, or never sent) or
 //! `Indeterminate` (timed out, 503, 5xx, connection lost mid-request: may or may not be applied,

@@ -2,8 +2,12 @@
 //! `cairn node` processes, or the Docker Compose cluster of `deploy/`), run concurrent clients
 //! while a seeded schedule kills, pauses and partitions nodes and wipes one node's disk, heal,
 //! wait until no hint is pending and the wiped node's keys are back, read every key from every
-//! node, check that the replicas agree and that no acknowledged write was lost. A second mode kills one node with `kill -9` over and over under `--sync always` and
-//! checks that every write it acknowledged as a replica survived (crash durability).
+//! node, check that the replicas agree and that no acknowledged write was lost. Besides the small
+//! (inline) objects, every faults run writes a few dozen large objects of several 1 MiB chunks
+//! (`--large-objects`, `--large-size`), recorded in the same history, whose every byte is
+//! checked whenever one is read. A second mode kills one node with `kill -9` over and over
+//! under `--sync always` and checks that every write it acknowledged as a replica survived
+//! (crash durability).
 //!
 //! How to run it and the recorded runs: `docs/testing.md`.
 //!
@@ -13,8 +17,13 @@
 //! - `schedule.rs`: the seeded fault schedule and its timed actions.
 //! - `cluster.rs`: local processes and Docker Compose containers, with
 //!   kill/pause/partition/wipe/heal.
-//! - `client.rs`: the HTTP operations (reads resolving siblings) classified into outcomes.
-//! - `workload.rs`: the client loops, the fault executor, the read-back and agreement checks.
+//! - `client.rs`: the HTTP operations (reads resolving siblings, every body checked as it
+//!   streams) classified into outcomes.
+//! - `workload.rs`: the small-object client loops, the fault executor, the read-back and
+//!   agreement checks.
+//! - `large.rs`: the large-object workload (chunked objects overwritten with the read's context,
+//!   written blind as siblings, deleted), their self-describing content, the streaming byte
+//!   check (whole bodies and `Range` reads) and the large-object counts of the summary.
 //! - `crash.rs`: the crash-durability mode.
 //! - `membership.rs`: `--membership`, an operator adding a node and decommissioning another
 //!   during the run.
@@ -30,6 +39,8 @@ pub mod cluster;
 #[cfg(feature = "harness")]
 pub mod crash;
 pub mod history;
+#[cfg(feature = "harness")]
+pub mod large;
 #[cfg(feature = "harness")]
 pub mod membership;
 #[cfg(feature = "harness")]
@@ -59,6 +70,13 @@ pub enum Error {
     /// A node answered something the harness cannot interpret.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// A large object's body was not the bytes its writer stored (wrong, missing or extra
+    /// bytes, another key's header): see `large.rs`.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+    /// A large object's body was stopped early by a transport error.
+    #[error("cut short: {0}")]
+    CutShort(String),
 }
 
 #[cfg(feature = "harness")]
@@ -67,9 +85,9 @@ impl Error {
     /// may be faulted or still recovering.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Http(_) => true,
+            Error::Http(_) | Error::CutShort(_) => true,
             Error::Status(s) => *s >= 500,
-            Error::Setup(_) | Error::Fault(_) | Error::Protocol(_) => false,
+            Error::Setup(_) | Error::Fault(_) | Error::Protocol(_) | Error::Corrupt(_) => false,
         }
     }
 }

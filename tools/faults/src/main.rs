@@ -1,5 +1,11 @@
 //! `cairn-faults`: the fault-injection run and the crash-durability run (see `docs/testing.md`).
 //!
+//! A faults run drives the small-object workloads (`workload.rs`) and, unless
+//! `--large-objects 0`, the large-object workload (`large.rs`: objects of several 1 MiB chunks,
+//! `--large-size`, on `--large-keys` keys) in one history, checked together; the summary adds a
+//! line of large-object counts, and any large body read with wrong or missing bytes fails the
+//! run.
+//!
 //! Exit codes: 0 the run passed (for `--lww-control`: a loss was detected, as it must be);
 //! 1 the checker found a violation, or the cluster did not converge; 2 bad usage or the cluster
 //! could not be set up.
@@ -14,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cairn_faults::client::Client;
 use cairn_faults::cluster::{self, Cluster, Docker, Local};
 use cairn_faults::history::{self, Op, Verdict, View};
+use cairn_faults::large::{self, LargeReport, LargeSettings, LargeStats};
 use cairn_faults::schedule::{FaultKind, Schedule, Settings};
 use cairn_faults::wipe::{self, WipeReport};
 use cairn_faults::workload::{self, ClientStats, Executed, OpCounts, WorkloadSettings};
@@ -147,6 +154,24 @@ struct Args {
     /// Leave the cluster running at the end (for inspection).
     #[arg(long)]
     keep: bool,
+    /// Large-object operations per faults run (overwrites with the read's context, blind
+    /// sibling writes, deletes/re-creates) on objects several 1 MiB chunks long, shared by two
+    /// more clients and spread over the run; every body read is checked byte for byte
+    /// (`large.rs`). 0: no large objects.
+    #[arg(long, default_value_t = 32, value_parser = parse_large_objects)]
+    large_objects: usize,
+    /// Length of the large objects in MiB: `MIN-MAX` or one value (a length that is a multiple
+    /// of 1 MiB is moved off it by a byte, so the last chunk is always partial).
+    #[arg(long, default_value = "2.5-4.5", value_parser = large::parse_size_range)]
+    large_size: (u64, u64),
+    /// Keys of the large-object workload (`large-0` ..).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    large_keys: u64,
+    /// Chunk grace of every node the harness starts, in milliseconds (local: `--chunk-grace`;
+    /// Docker: `CAIRN_CHUNK_GRACE`): short, so that the chunks of superseded and deleted large
+    /// versions are collected while the faults run; 0: the node's default (10 minutes).
+    #[arg(long, default_value_t = 10_000)]
+    chunk_grace_ms: u64,
     /// Membership changes during the run: a 5th node started without --members (local; in
     /// Docker the service n5 of docker-compose.spare.yml next to the compose file) is added a few
     /// seconds in, then n4 is decommissioned, while faults run on every node; the run fails
@@ -179,6 +204,8 @@ struct Record<'a> {
     membership: Option<&'a cairn_faults::membership::Log>,
     /// The disk wipe and whether the wiped node's keys came back (runs with one).
     wipe: Option<&'a WipeReport>,
+    /// The large-object workload's counts (faults runs with `--large-objects` above 0).
+    large: Option<&'a LargeReport>,
 }
 
 fn main() -> ExitCode {
@@ -245,6 +272,9 @@ fn build_cluster(args: &Args, seed: u64) -> Result<Cluster, Error> {
                 "--tombstone-grace".to_string(),
                 grace_flag(args.tombstone_grace_ms),
             ]);
+            if args.chunk_grace_ms > 0 {
+                extra.extend(["--chunk-grace".to_string(), format!("{}ms", args.chunk_grace_ms)]);
+            }
             if args.mode == Mode::Crash {
                 extra.extend(["--sync".to_string(), "always".to_string()]);
             }
@@ -267,14 +297,16 @@ fn build_cluster(args: &Args, seed: u64) -> Result<Cluster, Error> {
             let n = if args.membership { 5 } else { 4 };
             let env = args.work_dir.join(format!("compose-env-{}.yml", args.project));
             let interval = format!("{}ms", args.anti_entropy_interval_ms);
-            cluster::write_env_overlay(
-                &env,
-                n,
-                &[
-                    ("CAIRN_ANTI_ENTROPY_INTERVAL", &interval),
-                    ("CAIRN_TOMBSTONE_GRACE", &grace_flag(args.tombstone_grace_ms)),
-                ],
-            )?;
+            let grace = grace_flag(args.tombstone_grace_ms);
+            let chunk_grace = format!("{}ms", args.chunk_grace_ms);
+            let mut env_vars = vec![
+                ("CAIRN_ANTI_ENTROPY_INTERVAL", interval.as_str()),
+                ("CAIRN_TOMBSTONE_GRACE", grace.as_str()),
+            ];
+            if args.chunk_grace_ms > 0 {
+                env_vars.push(("CAIRN_CHUNK_GRACE", chunk_grace.as_str()));
+            }
+            cluster::write_env_overlay(&env, n, &env_vars)?;
             overlays.push(env);
             Ok(Cluster::Docker(Docker::with_overlays(
                 &args.compose_file,
@@ -361,6 +393,11 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         (explicit || args.faults.is_empty()) && wipe_allowed(&args, explicit)?
     };
 
+    if args.chunk_grace_ms > 0 && args.chunk_grace_ms < 1_000 {
+        return Err(Error::Setup(
+            "--chunk-grace-ms must be 0 or at least 1000 (the node's minimum)".into(),
+        ));
+    }
     let mut cluster = build_cluster(&args, seed)?;
     let client = Client::new(bucket, Duration::from_millis(args.op_timeout_ms))?;
     cluster.start()?;
@@ -413,6 +450,7 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
                 wall_secs: wall.elapsed().as_secs(),
                 membership: None,
                 wipe: None,
+                large: None,
             },
         )?;
         if !passed {
@@ -510,6 +548,35 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
             deadline,
         ));
     }
+    // The large-object clients, numbered after the small ones in the history.
+    let mut large_tasks = tokio::task::JoinSet::new();
+    if args.large_objects > 0 {
+        let ls = LargeSettings {
+            operations: args.large_objects,
+            keys: args.large_keys as usize,
+            size: args.large_size,
+            seed,
+            first_client: args.clients,
+        };
+        eprintln!(
+            "large objects: {} operations on {} keys, {:.2}-{:.2} MiB, by {} clients",
+            ls.operations,
+            ls.keys,
+            ls.size.0 as f64 / large::MIB as f64,
+            ls.size.1 as f64 / large::MIB as f64,
+            large::LARGE_CLIENTS
+        );
+        for j in 0..large::LARGE_CLIENTS {
+            large_tasks.spawn(large::client_loop(
+                j,
+                client.clone(),
+                nodes.clone(),
+                ls.clone(),
+                started,
+                deadline,
+            ));
+        }
+    }
     // The membership driver runs past the workload (a change may complete after the faults).
     let driver = args.membership.then(|| {
         let limit = deadline + Duration::from_secs(args.settle_secs);
@@ -526,6 +593,13 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         if let Ok((o, s)) = r {
             ops.extend(o);
             stats.push(s);
+        }
+    }
+    let mut large_stats: Vec<LargeStats> = Vec::new();
+    while let Some(r) = large_tasks.join_next().await {
+        if let Ok((o, s)) = r {
+            ops.extend(o);
+            large_stats.push(s);
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -645,6 +719,12 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         .await;
         after_collection = Some((v, collected, reclaimed));
     }
+    // After every read (the collection's included): the body checks' counts are complete.
+    let mut large_report =
+        (args.large_objects > 0).then(|| LargeReport::of(&ops, &views, &large_stats, &client));
+    if let Some(l) = large_report.as_mut() {
+        l.node_chunks = large::NodeChunks::of(&client, &nodes).await;
+    }
     let fault_errors = executed.iter().filter(|e| e.error.is_some()).count();
     for e in executed.iter().filter(|e| e.error.is_some()).take(10) {
         eprintln!(
@@ -666,11 +746,14 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
     let collection_ok = after_collection.as_ref().is_none_or(|(v, _, _)| {
         v.lost == 0 && v.phantom == 0 && v.resurrected == 0 && v.markers_shown == 0
     });
-    let passed = if args.lww_control {
-        verdict.lost > 0
-    } else {
-        safe && siblings_ok && converged && wipe_ok && collection_ok
-    };
+    // A wrong byte is never acceptable, not even in the lww control.
+    let bytes_ok = large_report.as_ref().is_none_or(|l| l.corrupt == 0);
+    let passed = bytes_ok
+        && if args.lww_control {
+            verdict.lost > 0
+        } else {
+            safe && siblings_ok && converged && wipe_ok && collection_ok
+        };
     let reads_failed: u64 = stats.iter().map(|s| s.reads_failed).sum();
     let max_read = stats.iter().map(|s| s.max_versions_read).max().unwrap_or(0);
     let markers_read: u64 = stats.iter().map(|s| s.markers_read).sum();
@@ -710,6 +793,53 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         verdict.markers_shown
     );
     println!("  lost            {}", verdict.lost);
+    match &large_report {
+        None => println!("  large objects   off (--large-objects 0)"),
+        Some(l) => {
+            println!(
+                "  large objects   written {}  acknowledged {}  verified {}  lost {}  corrupt {}  \
+                 ({:.1}-{:.1} MiB, {} keys, {} MiB sent)",
+                l.writes,
+                l.acknowledged,
+                l.verified,
+                l.lost,
+                l.corrupt,
+                args.large_size.0 as f64 / large::MIB as f64,
+                args.large_size.1 as f64 / large::MIB as f64,
+                l.keys,
+                l.stats.bytes_written >> 20
+            );
+            println!(
+                "                  failed {}  indeterminate {}  deleted {} (deletes {}, {} \
+                 acknowledged)  reads failed {}  cut short {}  slow-downs {} (nodes: {})",
+                l.failed,
+                l.indeterminate,
+                l.deleted,
+                l.deletes,
+                l.deletes_acknowledged,
+                l.stats.reads_failed,
+                l.cut_short,
+                l.stats.slow_downs,
+                l.node_chunks.slow_downs
+            );
+            println!(
+                "                  checked: {} versions in the final views ({} unreadable), {} \
+                 bodies ({} MiB), {} ranges ({} skipped); nodes: {} chunks fetched, {} blobs \
+                 collected",
+                l.versions_checked,
+                l.unreadable,
+                l.bodies_checked,
+                l.bytes_checked >> 20,
+                l.stats.ranges_checked,
+                l.stats.ranges_skipped,
+                l.node_chunks.fetched,
+                l.node_chunks.blobs_collected
+            );
+            for e in &l.corrupt_examples {
+                println!("    CORRUPT {e}");
+            }
+        }
+    }
     println!(
         "  other           phantom {}  failed-visible {}  resurrected {}  markers-shown {}  unreadable {}",
         verdict.phantom,
@@ -790,6 +920,7 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
             wall_secs: wall.elapsed().as_secs(),
             membership: membership.as_ref(),
             wipe: wipe_report.as_ref(),
+            large: large_report.as_ref(),
         },
     )?;
     if !passed {
@@ -849,6 +980,15 @@ fn write_record(args: &Args, record: &Record<'_>) -> Result<(), Error> {
 /// Time after the grace that the last tombstones get to be collected (scans every grace/4,
 /// rounds, the read-back's own repairs).
 const COLLECTION_SLACK: Duration = Duration::from_secs(10);
+
+/// `--large-objects`: 0 ..= [`large::MAX_LARGE_OBJECTS`].
+fn parse_large_objects(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("{s:?} is not a count"))?;
+    if n > large::MAX_LARGE_OBJECTS {
+        return Err(format!("at most {} large-object operations", large::MAX_LARGE_OBJECTS));
+    }
+    Ok(n)
+}
 
 /// `--tombstone-grace` for `ms` milliseconds (0: off).
 fn grace_flag(ms: u64) -> String {

@@ -18,6 +18,10 @@
 //! A read that fails aborts the operation before anything is sent (it is counted, not recorded);
 //! every write or delete that was sent is recorded with its outcome. Loops are bounded by the
 //! deadline and by [`MAX_OPS_PER_CLIENT`].
+//!
+//! The large-object clients (`large.rs`) run beside these, numbered after them, and record into
+//! the same history; the read-back below reads their keys like any other (every body checked
+//! byte for byte as it streams, so a read-back holds no object in memory).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
