@@ -204,6 +204,53 @@ pub(crate) fn encode(
     Ok(buf)
 }
 
+/// Values at least this long are not copied into the record buffer: [`encode_head`] builds
+/// everything before the value and the writer writes the value from the caller's buffer.
+pub(crate) const SPLIT_VALUE_LEN: usize = 64 << 10;
+
+/// The bytes of a put record *before* its value: header, key and the MessagePack bin header;
+/// the value follows them on disk unchanged. The CRC covers the value (computed here, without
+/// copying it). `encode_head(..) ++ value` is byte for byte what [`encode`] produces.
+pub(crate) fn encode_head(
+    ks: Keyspace,
+    key: &[u8],
+    value: &[u8],
+    timestamp_ms: u64,
+) -> Result<Vec<u8>> {
+    let key_len = u16::try_from(key.len())
+        .map_err(|_| Error::KeyTooLarge { size: key.len(), max: MAX_KEY_LEN })?;
+    let mut buf = Vec::with_capacity(HEADER_LEN + key.len() + 5);
+    buf.extend_from_slice(&[0u8; HEADER_LEN]);
+    buf.extend_from_slice(key);
+    // The MessagePack bin header, as rmp-serde writes it: the shortest form for the length.
+    let vlen = value.len();
+    if vlen < 1 << 8 {
+        buf.extend_from_slice(&[0xc4, vlen as u8]);
+    } else if vlen < 1 << 16 {
+        buf.push(0xc5);
+        buf.extend_from_slice(&(vlen as u16).to_be_bytes());
+    } else {
+        let l = u32::try_from(vlen)
+            .map_err(|_| Error::ValueTooLarge { size: vlen as u64, max: u64::from(u32::MAX) })?;
+        buf.push(0xc6);
+        buf.extend_from_slice(&l.to_be_bytes());
+    }
+    let body_len = buf.len() - HEADER_LEN - key.len() + vlen;
+    let body_len = u32::try_from(body_len)
+        .map_err(|_| Error::ValueTooLarge { size: vlen as u64, max: u64::from(u32::MAX) })?;
+    buf[MAGIC_AT..VERSION_AT].copy_from_slice(&MAGIC);
+    buf[VERSION_AT] = FORMAT_VERSION;
+    buf[KIND_AT] = RecordKind::Put.tag();
+    buf[KEYSPACE_AT] = ks.tag();
+    buf[RESERVED_AT] = 0;
+    buf[KEY_LEN_AT..BODY_LEN_AT].copy_from_slice(&key_len.to_le_bytes());
+    buf[BODY_LEN_AT..TIMESTAMP_AT].copy_from_slice(&body_len.to_le_bytes());
+    buf[TIMESTAMP_AT..CRC_AT].copy_from_slice(&timestamp_ms.to_le_bytes());
+    let crc = crc32c::crc32c_append(record_crc(&buf[..CRC_AT], &buf[HEADER_LEN..]), value);
+    buf[CRC_AT..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    Ok(buf)
+}
+
 fn record_crc(header_before_crc: &[u8], key_and_body: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(header_before_crc), key_and_body)
 }
@@ -435,6 +482,17 @@ impl<'a> Iterator for Scanner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_split_head_plus_the_value_is_the_whole_record() {
+        for len in [0usize, 1, 255, 256, 65_535, 65_536, 70_000, 1 << 20] {
+            let value: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let whole = encode(RecordKind::Put, Keyspace::Chunk, b"k\0x", &value, 99).unwrap();
+            let mut split = encode_head(Keyspace::Chunk, b"k\0x", &value, 99).unwrap();
+            split.extend_from_slice(&value);
+            assert_eq!(split, whole, "value of {len} bytes");
+        }
+    }
 
     #[test]
     fn put_and_tombstone_roundtrip() {

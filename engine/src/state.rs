@@ -206,8 +206,16 @@ impl Inner {
         kind: RecordKind,
         value: &[u8],
     ) -> Result<u64> {
-        let rec = record::encode(kind, ks, key, value, self.opts.clock.now_ms())?;
-        let rec_len = rec.len() as u64;
+        // A large value is written from the caller's buffer after its head, not copied into one
+        // record buffer first (`record::encode_head`).
+        let split = kind == RecordKind::Put && value.len() >= record::SPLIT_VALUE_LEN;
+        let now = self.opts.clock.now_ms();
+        let (rec, tail) = if split {
+            (record::encode_head(ks, key, value, now)?, value)
+        } else {
+            (record::encode(kind, ks, key, value, now)?, &[][..])
+        };
+        let rec_len = (rec.len() + tail.len()) as u64;
         let mut w = self.writer.lock();
         if self.is_poisoned() {
             return Err(Error::Poisoned);
@@ -219,7 +227,7 @@ impl Inner {
             let need = w.len + rec_len;
             w.grow(need, self.opts.segment_size, &self.segments)?;
         }
-        let loc = w.write(&rec, kind == RecordKind::Tombstone)?;
+        let loc = w.write_parts(&rec, tail, kind == RecordKind::Tombstone)?;
         let replaced = self.keydirs[ks.index()].write().insert(key, loc);
         self.counters.live_bytes.fetch_add(rec_len, Ordering::Relaxed);
         {

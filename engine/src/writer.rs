@@ -48,9 +48,12 @@ impl Writer {
     }
 
     /// Writes one encoded record at the end of the active segment and advances the length and the
-    /// lsn; returns the record's location. The caller has made room (`roll`, `grow`).
-    pub(crate) fn write(&mut self, rec: &[u8], tombstone: bool) -> Result<Loc> {
-        let rec_len = rec.len() as u64;
+    /// lsn; returns the record's location. The caller has made room (`roll`, `grow`). The record
+    /// may come in two consecutive parts (head, then a large value, or an empty tail), written
+    /// without joining them: two positioned writes. A crash between them leaves a torn record,
+    /// which recovery truncates exactly like a torn single write.
+    pub(crate) fn write_parts(&mut self, head: &[u8], tail: &[u8], tombstone: bool) -> Result<Loc> {
+        let rec_len = (head.len() + tail.len()) as u64;
         let off = self.len;
         // Both fit by construction (segments <= 4 GiB, records < 2 GiB); checked before writing so a
         // violation can never leave a record on disk that the keydir does not know.
@@ -60,7 +63,14 @@ impl Writer {
             .ok()
             .filter(|l| l & (1 << 31) == 0)
             .ok_or_else(|| Error::corrupt("record", "2 GiB or larger"))?;
-        self.file.write_all_at(rec, off).ctx(|| format!("appending to segment {:010}", self.id))?;
+        self.file
+            .write_all_at(head, off)
+            .ctx(|| format!("appending to segment {:010}", self.id))?;
+        if !tail.is_empty() {
+            self.file
+                .write_all_at(tail, off + head.len() as u64)
+                .ctx(|| format!("appending to segment {:010}", self.id))?;
+        }
         self.len += rec_len;
         self.lsn += rec_len;
         Ok(Loc::new(self.handle, off32, len32, tombstone))

@@ -77,7 +77,7 @@ pub struct Args {
     #[arg(long, env = "CAIRN_TOMBSTONE_GRACE")]
     pub tombstone_grace: Option<String>,
     /// Memory this node may hold in large-object buffers (uploads and downloads of objects
-    /// above 1 MiB, a few 1 MiB chunks each), in MiB; past it new large requests get 503
+    /// above --inline-max, a few 1 MiB chunks each), in MiB; past it new large requests get 503
     /// `SlowDown` [default: 256].
     #[arg(long, env = "CAIRN_MAX_INFLIGHT_MIB")]
     pub max_inflight_mib: Option<u64>,
@@ -87,7 +87,7 @@ pub struct Args {
     #[arg(long, env = "CAIRN_CHUNK_GRACE")]
     pub chunk_grace: Option<String>,
     /// Largest object stored inline in its version, in bytes (at most 1048576); larger ones are
-    /// streamed and stored in 1 MiB chunks [default: 1048576].
+    /// streamed and stored in 1 MiB chunks [default: 262144].
     #[arg(long, env = "CAIRN_INLINE_MAX")]
     pub inline_max: Option<u64>,
     /// File holding the cluster secret (64 hex chars, a swarm.key, or a passphrase of 16+ chars).
@@ -109,7 +109,7 @@ pub struct Args {
     /// interval:MS, or never [default: always].
     #[arg(long, env = "CAIRN_SYNC")]
     pub sync: Option<String>,
-    /// Largest object accepted, in bytes [default: 5368709120 (5 GiB)]. Objects above 1 MiB are
+    /// Largest object accepted, in bytes [default: 5368709120 (5 GiB)]. Objects above --inline-max are
     /// streamed and stored in chunks, so a large limit costs no memory.
     #[arg(long, env = "CAIRN_MAX_OBJECT_SIZE")]
     pub max_object_size: Option<u64>,
@@ -414,10 +414,10 @@ impl NodeConfig {
         };
         let inline_max =
             pick(args.inline_max, file.inline_max).unwrap_or(cairn_api::DEFAULT_INLINE_MAX);
-        if inline_max > cairn_api::DEFAULT_INLINE_MAX {
+        if inline_max > cairn_api::MAX_INLINE_MAX {
             return Err(bad(format!(
                 "--inline-max {inline_max}: must be at most {}",
-                cairn_api::DEFAULT_INLINE_MAX
+                cairn_api::MAX_INLINE_MAX
             )));
         }
         Ok(NodeConfig {
@@ -618,7 +618,7 @@ const MAX_OBJECT_SIZE_LIMIT: u64 = 5 << 40;
 /// write that would store more is refused (409) and the client resolves the siblings.
 fn engine_max_value(max_object_size: u64) -> u64 {
     max_object_size
-        .min(cairn_api::DEFAULT_INLINE_MAX)
+        .min(cairn_api::MAX_INLINE_MAX)
         .max(u64::from(cairn_node::node::chunks::CHUNK_SIZE))
         .saturating_mul(4)
         .saturating_add(1 << 20)

@@ -390,11 +390,10 @@ impl<T: Transport> Node<T> {
                 let p = match &payload {
                     Some(p) => p.clone(),
                     None => {
-                        let req = Request::PutChunk { chunk: chunk.clone(), data: data.to_vec() };
                         let p =
-                            Bytes::from(messages::encode(&req).map_err(|e| {
-                                ApiError::Internal(format!("encoding a chunk: {e}"))
-                            })?);
+                            Bytes::from(messages::encode_put_chunk(&chunk, &data).map_err(
+                                |e| ApiError::Internal(format!("encoding a chunk: {e}")),
+                            )?);
                         payload = Some(p.clone());
                         p
                     }
@@ -514,11 +513,13 @@ impl<T: Transport> Node<T> {
 
     /// A peer's `PutChunk` or `GetChunk`, answered from the store.
     pub(crate) async fn serve_chunk(self: &Arc<Self>, request: Request, reply: ReplyHandle) {
-        let response = match request {
+        let error =
+            |e: NodeError| Response::Error { code: e.code().into(), message: e.to_string() };
+        let encoded = match request {
             Request::PutChunk { chunk, data } => {
                 match self.store_chunk(chunk, Bytes::from(data)).await {
-                    Ok(()) => Response::Stored,
-                    Err(e) => Response::Error { code: e.code().into(), message: e.to_string() },
+                    Ok(()) => messages::encode(&Response::Stored),
+                    Err(e) => messages::encode(&error(e)),
                 }
             }
             Request::GetChunk { chunk } => {
@@ -528,14 +529,14 @@ impl<T: Transport> Node<T> {
                         if data.is_some() {
                             self.chunks.stats.served.fetch_add(1, Ordering::Relaxed);
                         }
-                        Response::Chunk { data: data.map(|b| b.to_vec()) }
+                        messages::encode_chunk(data.as_deref())
                     }
-                    Err(e) => Response::Error { code: e.code().into(), message: e.to_string() },
+                    Err(e) => messages::encode(&error(e)),
                 }
             }
-            _ => Response::Error { code: "Internal".into(), message: "not a chunk request".into() },
+            _ => messages::encode(&error(NodeError::Internal("not a chunk request".into()))),
         };
-        let _ = match messages::encode(&response) {
+        let _ = match encoded {
             Ok(b) => reply.reply(Bytes::from(b)),
             Err(e) => reply.reply_error(format!("encoding the answer: {e}")),
         };

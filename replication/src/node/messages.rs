@@ -369,7 +369,60 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, rmp_serde::encode::Error
     rmp_serde::to_vec_named(msg)
 }
 
+/// `Request::PutChunk` and `Response::Chunk` encoded from borrowed bytes: the same encoding as
+/// the owned messages, without first copying a chunk into a `Vec` of its own.
+#[derive(Serialize)]
+enum ChunkRef<'a> {
+    PutChunk {
+        chunk: &'a ChunkKey,
+        #[serde(with = "serde_bytes")]
+        data: &'a [u8],
+    },
+    Chunk {
+        #[serde(with = "serde_bytes")]
+        data: Option<&'a [u8]>,
+    },
+}
+
+/// Encodes `Request::PutChunk { chunk, data }` without copying `data` first.
+pub fn encode_put_chunk(
+    chunk: &ChunkKey,
+    data: &[u8],
+) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    encode(&ChunkRef::PutChunk { chunk, data })
+}
+
+/// Encodes `Response::Chunk { data }` without copying `data` first.
+pub fn encode_chunk(data: Option<&[u8]>) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    encode(&ChunkRef::Chunk { data })
+}
+
 /// Decodes a message from the transport; malformed bytes are an error, never a panic.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
     rmp_serde::from_slice(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_chunk_messages_encode_like_the_owned_ones() {
+        let chunk = ChunkKey {
+            key: ObjectKey { bucket: "b".into(), incarnation: 3, name: "n".into() },
+            blob: 9,
+            index: 2,
+        };
+        let data = vec![7u8; 70_000];
+        let owned =
+            encode(&Request::PutChunk { chunk: chunk.clone(), data: data.clone() }).unwrap();
+        assert_eq!(encode_put_chunk(&chunk, &data).unwrap(), owned);
+        assert!(
+            matches!(decode::<Request>(&owned).unwrap(), Request::PutChunk { data: d, .. } if d == data)
+        );
+        for d in [Some(data.clone()), None] {
+            let owned = encode(&Response::Chunk { data: d.clone() }).unwrap();
+            assert_eq!(encode_chunk(d.as_deref()).unwrap(), owned);
+        }
+    }
 }
