@@ -208,6 +208,14 @@ impl OrphanTracker {
         self.touched.retain(|_, t| now.saturating_sub(*t) < grace);
     }
 
+    /// Whether the blob was touched within the grace before `now` (checked again just before a
+    /// delete: a merge about to reference it touches it first).
+    pub fn touched_recently(&self, key: &ObjectKey, blob: u64, now: u64) -> bool {
+        self.touched
+            .get(&(key.clone(), blob))
+            .is_some_and(|t| now.saturating_sub(*t) < self.grace_ms)
+    }
+
     /// Blobs currently seen unreferenced.
     pub fn awaiting(&self) -> usize {
         self.unreferenced_since.len()
@@ -511,6 +519,24 @@ impl<T: Transport> Node<T> {
         Ok(Box::pin(stream))
     }
 
+    /// A peer's `PutChunk`, its bytes a window of the received frame (decoded without a copy,
+    /// `messages::decode_put_chunk`).
+    pub(crate) async fn serve_put_chunk(
+        self: &Arc<Self>,
+        chunk: ChunkKey,
+        data: Bytes,
+        reply: ReplyHandle,
+    ) {
+        let response = match self.store_chunk(chunk, data).await {
+            Ok(()) => Response::Stored,
+            Err(e) => Response::Error { code: e.code().into(), message: e.to_string() },
+        };
+        let _ = match messages::encode(&response) {
+            Ok(b) => reply.reply(Bytes::from(b)),
+            Err(e) => reply.reply_error(format!("encoding the answer: {e}")),
+        };
+    }
+
     /// A peer's `PutChunk` or `GetChunk`, answered from the store.
     pub(crate) async fn serve_chunk(self: &Arc<Self>, request: Request, reply: ReplyHandle) {
         let error =
@@ -562,6 +588,10 @@ impl<T: Transport> Node<T> {
             if !done.insert((m.key.clone(), m.manifest.blob)) {
                 continue;
             }
+            // Marks the blob in use before checking what is held: the collector checks the
+            // mark again just before it deletes, so it leaves alone a blob a merge is about to
+            // reference.
+            self.chunks.touch(&m.key, m.manifest.blob);
             if into_replica
                 && let Some(dot) = &m.dot
                 && self.store.replica(&m.key)?.is_some_and(|s| s.join().contains(dot))
@@ -598,8 +628,16 @@ impl<T: Transport> Node<T> {
                 let referenced = self.store.blobs_referenced(&key, owners)?.contains(&blob);
                 let now = crate::node::now_ms();
                 if self.chunks.tracker.lock().observe(&key, blob, referenced, now) {
-                    // Re-checked just before deleting: a merge may have added a reference.
-                    if !self.store.blobs_referenced(&key, owners)?.contains(&blob) {
+                    // Re-checked just before deleting: a merge may have added a reference, or
+                    // be about to (it touches the blob first).
+                    let still_unreferenced =
+                        !self.store.blobs_referenced(&key, owners)?.contains(&blob);
+                    let touched = self.chunks.tracker.lock().touched_recently(
+                        &key,
+                        blob,
+                        crate::node::now_ms(),
+                    );
+                    if still_unreferenced && !touched {
                         let n = self.store.delete_blob(&key, blob)?;
                         deleted += n;
                         self.chunks.stats.chunks_collected.fetch_add(n, Ordering::Relaxed);
@@ -694,7 +732,12 @@ mod tests {
         t.touch(&k, 7, 1_800);
         assert!(!t.observe(&k, 7, false, 2_000), "touched 200 ms ago (an upload in progress)");
         assert!(!t.observe(&k, 7, false, 2_799));
+        assert!(!t.touched_recently(&k, 7, 2_800));
         assert!(t.observe(&k, 7, false, 2_800));
+        t.touch(&k, 7, 2_900);
+        assert!(t.touched_recently(&k, 7, 3_000), "a merge about to reference it touched it");
+        assert!(!t.observe(&k, 7, false, 3_900), "seen unreferenced again: a new grace");
+        assert!(t.observe(&k, 7, false, 4_900));
         // Blobs are told apart by object and id.
         assert!(!t.observe(&key("b"), 7, false, 2_800));
         assert!(!t.observe(&k, 8, false, 2_800));

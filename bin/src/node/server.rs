@@ -23,6 +23,11 @@ pub async fn serve<T: Transport>(node: Arc<Node<T>>, mut inbound: mpsc::Receiver
                 continue;
             }
         };
+        if let Some((chunk, data)) = messages::decode_put_chunk(&req.payload) {
+            let node = Arc::clone(&node);
+            tokio::spawn(async move { node.serve_put_chunk(chunk, data, req.reply).await });
+            continue;
+        }
         let request = match messages::decode::<Request>(&req.payload) {
             Ok(r) => r,
             Err(e) => {

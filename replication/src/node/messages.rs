@@ -397,6 +397,25 @@ pub fn encode_chunk(data: Option<&[u8]>) -> Result<Vec<u8>, rmp_serde::encode::E
     encode(&ChunkRef::Chunk { data })
 }
 
+/// `Request::PutChunk`, its bytes borrowed from the payload.
+#[derive(Deserialize)]
+enum ChunkIn<'a> {
+    PutChunk {
+        chunk: ChunkKey,
+        #[serde(borrow)]
+        data: &'a [u8],
+    },
+}
+
+/// If `payload` is a `Request::PutChunk`, its chunk and its bytes as a window of `payload` (no
+/// copy); `None` for any other request.
+pub fn decode_put_chunk(payload: &bytes::Bytes) -> Option<(ChunkKey, bytes::Bytes)> {
+    match rmp_serde::from_slice::<ChunkIn<'_>>(payload) {
+        Ok(ChunkIn::PutChunk { chunk, data }) => Some((chunk, payload.slice_ref(data))),
+        Err(_) => None,
+    }
+}
+
 /// Decodes a message from the transport; malformed bytes are an error, never a panic.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
     rmp_serde::from_slice(bytes)
@@ -420,6 +439,13 @@ mod tests {
         assert!(
             matches!(decode::<Request>(&owned).unwrap(), Request::PutChunk { data: d, .. } if d == data)
         );
+        let payload = bytes::Bytes::from(owned);
+        let (c, d) = decode_put_chunk(&payload).unwrap();
+        assert_eq!((c, &d[..]), (chunk.clone(), &data[..]));
+        assert_eq!(d.as_ptr(), payload[payload.len() - data.len()..].as_ptr(), "no copy");
+        let other =
+            bytes::Bytes::from(encode(&Request::GetChunk { chunk: chunk.clone() }).unwrap());
+        assert!(decode_put_chunk(&other).is_none());
         for d in [Some(data.clone()), None] {
             let owned = encode(&Response::Chunk { data: d.clone() }).unwrap();
             assert_eq!(encode_chunk(d.as_deref()).unwrap(), owned);
