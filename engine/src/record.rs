@@ -175,33 +175,7 @@ pub(crate) fn encode(
     value: &[u8],
     timestamp_ms: u64,
 ) -> Result<Vec<u8>> {
-    let key_len = u16::try_from(key.len())
-        .map_err(|_| Error::KeyTooLarge { size: key.len(), max: MAX_KEY_LEN })?;
-    let mut buf = Vec::with_capacity(HEADER_LEN + key.len() + value.len() + 5);
-    buf.extend_from_slice(&[0u8; HEADER_LEN]);
-    buf.extend_from_slice(key);
-    if kind == RecordKind::Put {
-        // The body: the value as a MessagePack bin, appended in place (one copy of the value).
-        rmp_serde::encode::write(&mut buf, serde_bytes::Bytes::new(value))
-            .map_err(|e| Error::corrupt("record encoding", e.to_string()))?;
-    }
-    let body_len = buf.len() - HEADER_LEN - key.len();
-    let body_len = u32::try_from(body_len)
-        .map_err(|_| Error::ValueTooLarge { size: value.len() as u64, max: u64::from(u32::MAX) })?;
-    // magic (2), version (1), kind (1), keyspace (1), reserved (1)
-    buf[MAGIC_AT..VERSION_AT].copy_from_slice(&MAGIC);
-    buf[VERSION_AT] = FORMAT_VERSION;
-    buf[KIND_AT] = kind.tag();
-    buf[KEYSPACE_AT] = ks.tag();
-    buf[RESERVED_AT] = 0;
-    // key_len u16 LE, body_len u32 LE, timestamp u64 LE
-    buf[KEY_LEN_AT..BODY_LEN_AT].copy_from_slice(&key_len.to_le_bytes());
-    buf[BODY_LEN_AT..TIMESTAMP_AT].copy_from_slice(&body_len.to_le_bytes());
-    buf[TIMESTAMP_AT..CRC_AT].copy_from_slice(&timestamp_ms.to_le_bytes());
-    // crc over header-before-crc, key, body
-    let crc = record_crc(&buf[..CRC_AT], &buf[HEADER_LEN..]);
-    buf[CRC_AT..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
-    Ok(buf)
+    encode_parts(kind, ks, key, value, timestamp_ms, true)
 }
 
 /// Values at least this long are not copied into the record buffer: [`encode_head`] builds
@@ -217,36 +191,60 @@ pub(crate) fn encode_head(
     value: &[u8],
     timestamp_ms: u64,
 ) -> Result<Vec<u8>> {
+    encode_parts(RecordKind::Put, ks, key, value, timestamp_ms, false)
+}
+
+/// A record, with the value appended (`with_value`) or left for the writer to write after it.
+fn encode_parts(
+    kind: RecordKind,
+    ks: Keyspace,
+    key: &[u8],
+    value: &[u8],
+    timestamp_ms: u64,
+    with_value: bool,
+) -> Result<Vec<u8>> {
     let key_len = u16::try_from(key.len())
         .map_err(|_| Error::KeyTooLarge { size: key.len(), max: MAX_KEY_LEN })?;
-    let mut buf = Vec::with_capacity(HEADER_LEN + key.len() + 5);
+    let too_large = || Error::ValueTooLarge { size: value.len() as u64, max: u64::from(u32::MAX) };
+    let inline = if with_value { value.len() } else { 0 };
+    let mut buf = Vec::with_capacity(HEADER_LEN + key.len() + 5 + inline);
     buf.extend_from_slice(&[0u8; HEADER_LEN]);
     buf.extend_from_slice(key);
-    // The MessagePack bin header, as rmp-serde writes it: the shortest form for the length.
-    let vlen = value.len();
-    if vlen < 1 << 8 {
-        buf.extend_from_slice(&[0xc4, vlen as u8]);
-    } else if vlen < 1 << 16 {
-        buf.push(0xc5);
-        buf.extend_from_slice(&(vlen as u16).to_be_bytes());
-    } else {
-        let l = u32::try_from(vlen)
-            .map_err(|_| Error::ValueTooLarge { size: vlen as u64, max: u64::from(u32::MAX) })?;
-        buf.push(0xc6);
-        buf.extend_from_slice(&l.to_be_bytes());
+    let mut body_len = 0;
+    if kind == RecordKind::Put {
+        // The body: the value as a MessagePack bin (the shortest header for its length, as
+        // rmp-serde writes it), the value appended in place (one copy) or written after.
+        let vlen = value.len();
+        if vlen < 1 << 8 {
+            buf.extend_from_slice(&[0xc4, vlen as u8]);
+        } else if vlen < 1 << 16 {
+            buf.push(0xc5);
+            buf.extend_from_slice(&(vlen as u16).to_be_bytes());
+        } else {
+            buf.push(0xc6);
+            buf.extend_from_slice(&u32::try_from(vlen).map_err(|_| too_large())?.to_be_bytes());
+        }
+        body_len = buf.len() - HEADER_LEN - key.len() + vlen;
+        if with_value {
+            buf.extend_from_slice(value);
+        }
     }
-    let body_len = buf.len() - HEADER_LEN - key.len() + vlen;
-    let body_len = u32::try_from(body_len)
-        .map_err(|_| Error::ValueTooLarge { size: vlen as u64, max: u64::from(u32::MAX) })?;
+    let body_len = u32::try_from(body_len).map_err(|_| too_large())?;
+    // magic (2), version (1), kind (1), keyspace (1), reserved (1)
     buf[MAGIC_AT..VERSION_AT].copy_from_slice(&MAGIC);
     buf[VERSION_AT] = FORMAT_VERSION;
-    buf[KIND_AT] = RecordKind::Put.tag();
+    buf[KIND_AT] = kind.tag();
     buf[KEYSPACE_AT] = ks.tag();
     buf[RESERVED_AT] = 0;
+    // key_len u16 LE, body_len u32 LE, timestamp u64 LE
     buf[KEY_LEN_AT..BODY_LEN_AT].copy_from_slice(&key_len.to_le_bytes());
     buf[BODY_LEN_AT..TIMESTAMP_AT].copy_from_slice(&body_len.to_le_bytes());
     buf[TIMESTAMP_AT..CRC_AT].copy_from_slice(&timestamp_ms.to_le_bytes());
-    let crc = crc32c::crc32c_append(record_crc(&buf[..CRC_AT], &buf[HEADER_LEN..]), value);
+    // crc over header-before-crc, key, body (the value included, wherever it is)
+    let mut crc = record_crc(&buf[..CRC_AT], &buf[HEADER_LEN..]);
+    if kind == RecordKind::Put && !with_value {
+        crc = crc32c::crc32c_append(crc, value);
+    }
     buf[CRC_AT..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     Ok(buf)
 }

@@ -21,7 +21,7 @@ use cairn_replication::node::BucketOutcome;
 use crate::node::buckets::{BucketInfo, ConflictPolicy};
 use crate::node::chunks::{Download, Upload};
 use crate::node::keys::ObjectKey;
-use crate::node::messages::{WriteOp, WriteRequest};
+use crate::node::messages::{WriteOp, WriteOutcome, WriteRequest};
 use crate::node::{Node, NodeError, now_ms};
 
 /// The API backend: a running node.
@@ -103,6 +103,17 @@ fn tombstones_json<T: Transport>(node: &Node<T>) -> Value {
     })
 }
 
+/// A coordinated write's outcome as the API reports it.
+fn write_result(outcome: WriteOutcome, meta: Meta) -> WriteResult {
+    WriteResult {
+        node: outcome.node,
+        dot: outcome.dot,
+        meta,
+        context: Context(outcome.context),
+        report: outcome.report,
+    }
+}
+
 /// The node's large-object chunks for `/cluster`.
 fn chunks_json<T: Transport>(node: &Node<T>) -> Value {
     let c = &node.chunks().stats;
@@ -151,14 +162,7 @@ impl<T: Transport> NodeBackend<T> {
     }
 
     async fn write(&self, req: WriteRequest, meta: Meta) -> Result<WriteResult, ApiError> {
-        let outcome = self.node.write(req).await?;
-        Ok(WriteResult {
-            node: outcome.node,
-            dot: outcome.dot,
-            meta,
-            context: Context(outcome.context),
-            report: outcome.report,
-        })
+        Ok(write_result(self.node.write(req).await?, meta))
     }
 }
 
@@ -246,13 +250,7 @@ impl<T: Transport> Backend for NodeBackend<T> {
             lww: info.policy == ConflictPolicy::Lww,
         };
         let (outcome, meta) = self.node.upload(up, req.body).await?;
-        Ok(WriteResult {
-            node: outcome.node,
-            dot: outcome.dot,
-            meta,
-            context: Context(outcome.context),
-            report: outcome.report,
-        })
+        Ok(write_result(outcome, meta))
     }
 
     fn open_content(&self, req: OpenContent) -> Result<BodyStream<'static>, ApiError> {
