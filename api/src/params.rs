@@ -8,7 +8,7 @@
 //! - `r`/`w` must be integers within `1..=N` ([`crate::ApiConfig::replicas`]).
 //! - `X-Cairn-Context` is decoded with [`Context::from_token`]; a bad token is 400
 //!   `InvalidContext`.
-//! - Bodies are streamed and counted ([`read_body_limited`]); one byte over the limit stops the
+//! - Bodies are streamed and counted ([`read_body_start`]); one byte over the limit stops the
 //!   read with 413, before anything is handed to the backend; a client that sends nothing for
 //!   the idle timeout gets 408 ([`within`]). A body larger than an inline object is handed on
 //!   as a stream with the same limits ([`limited_stream`]).
@@ -18,7 +18,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::Query;
 use axum::http::{HeaderMap, Uri, header};
 use bytes::{Bytes, BytesMut};
@@ -196,21 +195,6 @@ impl LimitedBuffer {
 /// Awaits the next piece of a body for at most `idle`: 408 `RequestTimeout` after it.
 pub async fn within<T>(idle: Duration, next: impl Future<Output = T>) -> Result<T> {
     tokio::time::timeout(idle, next).await.map_err(|_| ApiError::RequestTimeout(idle))
-}
-
-/// Reads a raw request body of at most `limit` bytes, streaming, waiting at most `idle` for each
-/// chunk; returns it with its ETag. The loop is bounded in count (by `limit`) and in time (by
-/// `idle` per chunk).
-pub async fn read_body_limited(body: Body, limit: u64, idle: Duration) -> Result<(Bytes, String)> {
-    let mut stream = body.into_data_stream();
-    let mut buf = LimitedBuffer::new(limit);
-    while let Some(chunk) = within(idle, stream.next()).await? {
-        let chunk = chunk.map_err(|e| {
-            ApiError::InvalidArgument(format!("the request body could not be read: {e}"))
-        })?;
-        buf.push(&chunk)?;
-    }
-    Ok(buf.finish())
 }
 
 /// What reading the start of a body found.

@@ -520,52 +520,33 @@ impl<T: Transport> Node<T> {
     }
 
     /// A peer's `PutChunk`, its bytes a window of the received frame (decoded without a copy,
-    /// `messages::decode_put_chunk`).
+    /// `messages::decode_put_chunk`, which is how every `PutChunk` arrives here).
     pub(crate) async fn serve_put_chunk(
         self: &Arc<Self>,
         chunk: ChunkKey,
         data: Bytes,
         reply: ReplyHandle,
     ) {
-        let response = match self.store_chunk(chunk, data).await {
-            Ok(()) => Response::Stored,
-            Err(e) => Response::Error { code: e.code().into(), message: e.to_string() },
+        let encoded = match self.store_chunk(chunk, data).await {
+            Ok(()) => messages::encode(&Response::Stored),
+            Err(e) => messages::encode(&error_response(e)),
         };
-        let _ = match messages::encode(&response) {
-            Ok(b) => reply.reply(Bytes::from(b)),
-            Err(e) => reply.reply_error(format!("encoding the answer: {e}")),
-        };
+        send_reply(reply, encoded);
     }
 
-    /// A peer's `PutChunk` or `GetChunk`, answered from the store.
-    pub(crate) async fn serve_chunk(self: &Arc<Self>, request: Request, reply: ReplyHandle) {
-        let error =
-            |e: NodeError| Response::Error { code: e.code().into(), message: e.to_string() };
-        let encoded = match request {
-            Request::PutChunk { chunk, data } => {
-                match self.store_chunk(chunk, Bytes::from(data)).await {
-                    Ok(()) => messages::encode(&Response::Stored),
-                    Err(e) => messages::encode(&error(e)),
+    /// A peer's `GetChunk`, answered from the store.
+    pub(crate) fn serve_get_chunk(&self, chunk: ChunkKey, reply: ReplyHandle) {
+        self.chunks.touch(&chunk.key, chunk.blob);
+        let encoded = match self.store.get_chunk(&chunk) {
+            Ok(data) => {
+                if data.is_some() {
+                    self.chunks.stats.served.fetch_add(1, Ordering::Relaxed);
                 }
+                messages::encode_chunk(data.as_deref())
             }
-            Request::GetChunk { chunk } => {
-                self.chunks.touch(&chunk.key, chunk.blob);
-                match self.store.get_chunk(&chunk) {
-                    Ok(data) => {
-                        if data.is_some() {
-                            self.chunks.stats.served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        messages::encode_chunk(data.as_deref())
-                    }
-                    Err(e) => messages::encode(&error(e)),
-                }
-            }
-            _ => messages::encode(&error(NodeError::Internal("not a chunk request".into()))),
+            Err(e) => messages::encode(&error_response(e)),
         };
-        let _ = match encoded {
-            Ok(b) => reply.reply(Bytes::from(b)),
-            Err(e) => reply.reply_error(format!("encoding the answer: {e}")),
-        };
+        send_reply(reply, encoded);
     }
 
     /// Fetches the chunks this node lacks for the manifests an operation would merge (see the
@@ -658,6 +639,19 @@ impl<T: Transport> Node<T> {
         self.chunks.stats.scans.fetch_add(1, Ordering::Relaxed);
         Ok(deleted)
     }
+}
+
+/// A node error as a peer sees it.
+fn error_response(e: NodeError) -> Response {
+    Response::Error { code: e.code().into(), message: e.to_string() }
+}
+
+/// Completes a peer's chunk request with an encoded answer.
+fn send_reply(reply: ReplyHandle, encoded: Result<Vec<u8>, rmp_serde::encode::Error>) {
+    let _ = match encoded {
+        Ok(b) => reply.reply(Bytes::from(b)),
+        Err(e) => reply.reply_error(format!("encoding the answer: {e}")),
+    };
 }
 
 /// Waits for one chunk's replication task.

@@ -37,8 +37,8 @@ pub async fn serve<T: Transport>(node: Arc<Node<T>>, mut inbound: mpsc::Receiver
             }
         };
         let node = Arc::clone(&node);
-        if matches!(request, Request::PutChunk { .. } | Request::GetChunk { .. }) {
-            tokio::spawn(async move { node.serve_chunk(request, req.reply).await });
+        if let Request::GetChunk { chunk } = request {
+            tokio::spawn(async move { node.serve_get_chunk(chunk, req.reply) });
             continue;
         }
         tokio::spawn(async move {
